@@ -1,0 +1,1 @@
+"""Benchmark helpers: interleaved timing, bandwidth and machine records."""
