@@ -134,14 +134,14 @@ def test_cpu_parallel_chunks_match_reference(
     monkeypatch: pytest.MonkeyPatch, reverse: bool, batch_first: bool
 ) -> None:
     """The threaded CPU kernels, forced on a small shape so that columns split into uneven chunks."""
-    from torchqrnn.ops.forget_mult import cpu
+    from torchqrnn.ops import _cpu
 
-    monkeypatch.setattr(cpu, "_PARALLEL_MIN_NUMEL", 0)
-    monkeypatch.setattr(cpu, "_MIN_CHUNK", 64)
+    monkeypatch.setattr(_cpu, "PARALLEL_MIN_NUMEL", 0)
+    monkeypatch.setattr(_cpu, "MIN_CHUNK", 64)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        assert cpu._schedule(33, 3, 150) == (True, 128)  # 450 columns -> chunks of 128, 128, 128, 66
+        assert _cpu.schedule(33, 3, 150) == (True, 128)  # 450 columns -> chunks of 128, 128, 128, 66
         f, x, h0 = make_inputs(33, 3, 150, batch_first=batch_first)
         weight = torch.randn(f.shape)
         results = []

@@ -1,32 +1,21 @@
 """ForgetMult on CPU: numba kernels, forward and backward, both directions, strided inputs.
 
 Importing this module imports numba (the dispatcher does so only when a CPU kernel first runs); the kernels
-compile on their first call and are cached on disk (``cache=True``), so later processes load them.
-
-How the kernels see memory: every ``(T, B, H)`` operand is handed over as the flat 1-D numpy view of the
-storage it spans, plus, per operand, three integers in a ``layout`` table: the offset of the first row the
-kernel *processes*, the step to the next processed row (negative when walking time backwards), and the batch
-stride. The unit stride along ``H`` is required (the launcher copies the rare operand without it), which
-lets LLVM vectorise the inner loop over ``H``. A job is one ``(batch, column chunk)`` segment walked over all
-``T``; jobs run in parallel. Row slices (``f[o:o + n]``) rather than ``f[o + j]`` indexing keep numba from
-inserting negative-index wraparound checks, which block vectorisation (measured: 12x slower).
+compile on their first call and are cached on disk (``cache=True``), so later processes load them. How
+operands are handed to numba (flat storage views plus a layout table) is described in ``ops/_cpu.py``.
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import torch
 from numba import njit, prange
 from torch import Tensor
 
+from .._cpu import compute_dtype, flat, layout_rows, schedule, state_array, unit_last_stride
+
 # Rows of the layout table, one per operand.
 _F, _X, _OUT, _DOUT, _DF, _DX = range(6)
-# Below this many elements a parallel launch costs more than it saves.
-_PARALLEL_MIN_NUMEL = 1 << 16
-# Columns per job: shorter rows pay the per-row slicing and alias checks on too little work (measured:
-# T=1024, B=1, H=320 split in four jobs of 80 ran slower than one serial job); longer ones help little.
-_MIN_CHUNK, _MAX_CHUNK = 256, 8192
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
@@ -143,55 +132,16 @@ def _backward_serial(
 # ---------------------------------------------------------------------------------------------------------
 # Launchers: tensors in, tensors out. Operands are (T, B, H) views of any strides.
 
-_KERNEL_DTYPES = (torch.float32, torch.float64)
-
-
-def _flat(t: Tensor) -> np.ndarray:
-    """The 1-D numpy view of the storage that ``t`` spans, starting at its first element."""
-    span = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
-    return t.detach().as_strided((span,), (1,)).numpy()
-
-
-def _unit_last_stride(t: Tensor, dtype: torch.dtype) -> Tensor:
-    """``t`` in ``dtype`` with the unit stride along H that the vector loops read; copies only if needed."""
-    t = t.to(dtype)
-    return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
-
-
-def _layout_rows(operands: list[Tensor], steps: int, walk_backwards: bool) -> np.ndarray:
-    """Per operand: offset of the first processed row, step between processed rows, batch stride."""
-    rows: list[int] = []
-    for t in operands:
-        st, sb = t.stride(0), t.stride(1)
-        rows += (st * (steps - 1), -st, sb) if walk_backwards else (0, st, sb)
-    return np.array(rows, dtype=np.int64).reshape(len(operands), 3)
-
 
 def _flatten_batch(operands: list[Tensor], h0: Tensor | None) -> tuple[list[Tensor], Tensor | None]:
     """Merge B into H when every operand stores a (B, H) row contiguously: longer vector runs, fewer jobs."""
     steps, batch, hidden = operands[0].shape
     if batch > 1 and all(t.stride(1) == hidden and t.stride(2) == 1 for t in operands):
-        if h0 is None or h0.is_contiguous():
-            merged = [
-                t.as_strided((steps, 1, batch * hidden), (t.stride(0), batch * hidden, 1)) for t in operands
-            ]
-            return merged, None if h0 is None else h0.reshape(1, batch * hidden)
+        merged = [
+            t.as_strided((steps, 1, batch * hidden), (t.stride(0), batch * hidden, 1)) for t in operands
+        ]
+        return merged, None if h0 is None else h0.reshape(1, batch * hidden)
     return operands, h0
-
-
-def _schedule(steps: int, batch: int, hidden: int) -> tuple[bool, int]:
-    """(parallel?, column chunk): enough jobs to balance the threads, each long enough to vectorise well."""
-    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-    columns = batch * hidden
-    if threads == 1 or steps * columns < _PARALLEL_MIN_NUMEL or columns < 2 * _MIN_CHUNK:
-        return False, hidden
-    numba.set_num_threads(threads)
-    per_job = -(-columns // (2 * threads))
-    chunk = min(hidden, max(_MIN_CHUNK, min(_MAX_CHUNK, -(-per_job // 16) * 16)))
-    return True, chunk
-
-
-_NO_STATE = {torch.float32: np.zeros((1, 1), np.float32), torch.float64: np.zeros((1, 1), np.float64)}
 
 
 def forward(f: Tensor, x: Tensor, h0: Tensor | None, out: Tensor, reverse: bool) -> None:
@@ -199,22 +149,21 @@ def forward(f: Tensor, x: Tensor, h0: Tensor | None, out: Tensor, reverse: bool)
     steps = x.shape[0]
     if out.numel() == 0:
         return
-    dtype = x.dtype if x.dtype in _KERNEL_DTYPES else torch.float32
+    dtype = compute_dtype(x.dtype)
     target = out if out.dtype == dtype and out.stride(-1) == 1 else torch.empty(out.shape, dtype=dtype)
-    operands = [_unit_last_stride(f, dtype), _unit_last_stride(x, dtype), target]
-    state = None if h0 is None else h0.to(dtype).contiguous()
-    operands, state = _flatten_batch(operands, state)
+    operands = [unit_last_stride(f, dtype), unit_last_stride(x, dtype), target]
+    operands, state = _flatten_batch(operands, h0)
     _, batch_k, hidden_k = operands[0].shape
-    parallel, chunk = _schedule(steps, batch_k, hidden_k)
+    parallel, chunk = schedule(steps, batch_k, hidden_k)
     kernel = _forward_parallel if parallel else _forward_serial
     kernel(
-        *(_flat(t) for t in operands),
-        _NO_STATE[dtype] if state is None else state.detach().numpy(),
+        *(flat(t) for t in operands),
+        state_array(state, dtype),
         steps,
         batch_k,
         hidden_k,
         chunk,
-        _layout_rows(operands, steps, walk_backwards=reverse),
+        layout_rows(operands, steps, walk_backwards=reverse),
         state is not None,
     )
     if target is not out:
@@ -240,7 +189,7 @@ def backward(
     if steps == 0 or batch * hidden == 0:
         dh0.zero_()
         return
-    dtype = x.dtype if x.dtype in _KERNEL_DTYPES else torch.float32
+    dtype = compute_dtype(x.dtype)
     targets = [
         t if t.dtype == dtype and t.stride(-1) == 1 else torch.empty(t.shape, dtype=dtype)
         for t in (df, dx, dh0)
@@ -248,33 +197,32 @@ def backward(
     if not targets[2].is_contiguous():
         targets[2] = torch.empty(dh0.shape, dtype=dtype)
     operands = [
-        _unit_last_stride(f, dtype),
-        _unit_last_stride(x, dtype),
-        _unit_last_stride(out, dtype),
-        _unit_last_stride(dout, dtype),
+        unit_last_stride(f, dtype),
+        unit_last_stride(x, dtype),
+        unit_last_stride(out, dtype),
+        unit_last_stride(dout, dtype),
         targets[0],
         targets[1],
     ]
-    state = None if h0 is None else h0.to(dtype).contiguous()
-    operands, state = _flatten_batch(operands, state)
+    operands, state = _flatten_batch(operands, h0)
     grad_state = targets[2].view(operands[0].shape[1], operands[0].shape[2])
     _, batch_k, hidden_k = operands[0].shape
-    parallel, chunk = _schedule(steps, batch_k, hidden_k)
+    parallel, chunk = schedule(steps, batch_k, hidden_k)
     kernel = _backward_parallel if parallel else _backward_serial
     kernel(
-        _flat(operands[_F]),
-        _flat(operands[_X]),
-        _flat(operands[_OUT]),
-        _NO_STATE[dtype] if state is None else state.detach().numpy(),
-        _flat(operands[_DOUT]),
-        _flat(operands[_DF]),
-        _flat(operands[_DX]),
+        flat(operands[_F]),
+        flat(operands[_X]),
+        flat(operands[_OUT]),
+        state_array(state, dtype),
+        flat(operands[_DOUT]),
+        flat(operands[_DF]),
+        flat(operands[_DX]),
         grad_state.numpy(),
         steps,
         batch_k,
         hidden_k,
         chunk,
-        _layout_rows(operands, steps, walk_backwards=not reverse),
+        layout_rows(operands, steps, walk_backwards=not reverse),
         state is not None,
     )
     for result, target in zip((df, dx, dh0), targets, strict=True):
