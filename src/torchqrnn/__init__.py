@@ -6,9 +6,10 @@ Importing this package compiles nothing and imports neither numba nor Triton; ke
 
 from __future__ import annotations
 
-from .nn.forget_mult import ForgetMult
+from .nn import QRNN, ForgetMult, QRNNLayer
 from .ops.forget_mult import forget_mult
+from .ops.qrnn_pool import qrnn_pool
 
 __version__ = "0.3.0.dev0"
 
-__all__ = ["ForgetMult", "__version__", "forget_mult"]
+__all__ = ["QRNN", "ForgetMult", "QRNNLayer", "__version__", "forget_mult", "qrnn_pool"]

@@ -304,12 +304,12 @@ def test_forget_mult_module_salesforce_signature() -> None:
         (
             lambda: (torch.ones(2, 1, 3),) * 2 + (torch.ones(1, 3, dtype=torch.float64), {}),
             RuntimeError,
-            "h0 to have the dtype of x",
+            "h0 to have the dtype torch.float32, got torch.float64",
         ),
         (
             lambda: (torch.ones(2, 1, 3),) * 2 + (torch.ones(1, 3, device="meta"), {}),
             RuntimeError,
-            "h0 on the device of x",
+            "h0 on the device cpu, got meta",
         ),
         (
             lambda: (torch.ones(2, 1, 3),) * 2 + (None, {"backend": "cuda"}),

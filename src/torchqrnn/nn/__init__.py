@@ -3,5 +3,7 @@
 from __future__ import annotations
 
 from .forget_mult import ForgetMult
+from .layer import QRNNLayer
+from .qrnn import QRNN
 
-__all__ = ["ForgetMult"]
+__all__ = ["QRNN", "ForgetMult", "QRNNLayer"]

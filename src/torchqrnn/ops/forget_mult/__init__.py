@@ -10,52 +10,45 @@ through them without graph breaks. Kernel modules are imported on first use, nev
 from __future__ import annotations
 
 import functools
-import importlib
-import importlib.util
-import os
-import warnings
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .._dispatch import (
+    BACKENDS,
+    SUPPORTED_DTYPES,
+    check_backend,
+    check_state,
+    check_tensor,
+    resolve_backend,
+    shape_str,
+    time_major,
+)
+from .._dispatch import kernel_module as _kernel_module
 from .reference import forget_mult_reference
 
 __all__ = ["BACKENDS", "forget_mult", "forget_mult_reference", "resolve_backend"]
-
-BACKENDS = ("auto", "reference", "cpu", "triton")
-SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-
-
-def _shape(t: Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
 
 
 def _state_shape(x: Tensor, batch_first: bool) -> tuple[int, int]:
     return (x.shape[0] if batch_first else x.shape[1], x.shape[2])
 
 
-def _check_tensor(name: str, value: object) -> Tensor:
-    if not isinstance(value, Tensor):
-        raise TypeError(f"forget_mult: expected {name} to be a Tensor, got {type(value).__name__}")
-    return value
-
-
 def check_inputs(
     f: object, x: object, h0: object, batch_first: bool, backend: str
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Validate the public arguments; raise naming the argument, the expected and the actual value."""
-    x = _check_tensor("x", x)
-    f = _check_tensor("f", f)
+    x = check_tensor("forget_mult", "x", x)
+    f = check_tensor("forget_mult", "f", f)
     if x.dim() not in (2, 3):
         raise ValueError(
             "forget_mult: expected x to be 2-D (T, H) unbatched or 3-D (T, B, H) / (B, T, H), "
-            f"got a {x.dim()}-D tensor of shape {_shape(x)}"
+            f"got a {x.dim()}-D tensor of shape {shape_str(x)}"
         )
     if f.shape != x.shape:
-        raise ValueError(f"forget_mult: expected f to have the shape of x {_shape(x)}, got {_shape(f)}")
+        raise ValueError(f"forget_mult: expected f to have the shape of x {shape_str(x)}, got {shape_str(f)}")
     if x.dtype not in SUPPORTED_DTYPES:
         raise RuntimeError(
             "forget_mult: expected x to be float32, float64, bfloat16 or float16, got " + str(x.dtype)
@@ -65,68 +58,15 @@ def check_inputs(
     if f.device != x.device:
         raise RuntimeError(f"forget_mult: expected f on the device of x ({x.device}), got {f.device}")
     if h0 is not None:
-        h0 = _check_tensor("h0", h0)
         expected = (x.shape[-1],) if x.dim() == 2 else _state_shape(x, batch_first)
-        if tuple(h0.shape) != expected:
-            layout = "unbatched" if x.dim() == 2 else f"batch_first={batch_first}"
-            raise ValueError(
-                f"forget_mult: expected h0 of shape {expected} for x of shape {_shape(x)} ({layout}), "
-                f"got {_shape(h0)}"
-            )
-        if h0.dtype != x.dtype:
-            raise RuntimeError(f"forget_mult: expected h0 to have the dtype of x ({x.dtype}), got {h0.dtype}")
-        if h0.device != x.device:
-            raise RuntimeError(f"forget_mult: expected h0 on the device of x ({x.device}), got {h0.device}")
-    if backend not in BACKENDS:
-        raise ValueError(f"forget_mult: expected backend to be one of {BACKENDS}, got {backend!r}")
+        what = "unbatched" if x.dim() == 2 else f"batch_first={batch_first}"
+        h0 = check_state("forget_mult", "h0", h0, expected, x, f"x of shape {shape_str(x)} ({what})")
+    check_backend("forget_mult", backend)
     return f, x, h0
 
 
-@functools.cache
-def _triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The backend that runs for tensors on ``device``: the one place that branches on the device."""
-    if backend not in BACKENDS:
-        raise ValueError(f"expected backend to be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        if device.type == "cpu":
-            return "cpu"
-        if device.type == "cuda":
-            if _triton_available():
-                return "triton"
-            warnings.warn(
-                "torchqrnn: Triton is not installed, so CUDA tensors run the slow reference loop; "
-                "`pip install triton` (or `pip install torchqrnn[triton]`) for the fused GPU kernels",
-                stacklevel=3,
-            )
-        return "reference"
-    if backend == "cpu" and device.type != "cpu":
-        raise ValueError(f"backend='cpu' runs on CPU tensors only, got tensors on {device}")
-    if backend == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(
-            "backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 in the environment to run the "
-            "Triton kernels in Triton's CPU interpreter (slow; for tests)"
-        )
-    return backend
-
-
-def kernel_module(backend: str) -> ModuleType:
-    """The module holding ``forward`` / ``backward`` for a kernel backend, imported on first use."""
-    try:
-        return importlib.import_module(f"{__name__}.{backend}")
-    except ImportError as error:
-        package = {"cpu": "numba", "triton": "triton"}[backend]
-        raise ImportError(
-            f"torchqrnn backend {backend!r} needs the package {package!r}: `pip install {package}` "
-            f"(or `pip install torchqrnn[{package}]`)"
-        ) from error
-
-
-def _time_major(t: Tensor, batch_first: bool) -> Tensor:
-    return t.transpose(0, 1) if batch_first else t
+def kernel_module(backend: str) -> Any:
+    return _kernel_module(__name__, backend)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -151,7 +91,7 @@ def _forget_mult_impl(
 ) -> Tensor:
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     kernel_module(backend).forward(
-        _time_major(f, batch_first), _time_major(x, batch_first), h0, _time_major(out, batch_first), reverse
+        time_major(f, batch_first), time_major(x, batch_first), h0, time_major(out, batch_first), reverse
     )
     return out
 
@@ -180,11 +120,11 @@ def _forget_mult_backward_impl(
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     dh0 = torch.empty(_state_shape(x, batch_first), dtype=x.dtype, device=x.device)
     kernel_module(backend).backward(
-        *(_time_major(t, batch_first) for t in (grad, f, x, out)),
+        *(time_major(t, batch_first) for t in (grad, f, x, out)),
         h0,
         reverse,
-        _time_major(df, batch_first),
-        _time_major(dx, batch_first),
+        time_major(df, batch_first),
+        time_major(dx, batch_first),
         dh0,
     )
     return df, dx, dh0

@@ -1,0 +1,1 @@
+"""Compatibility with the two reference implementations' APIs (salesforce's is the package's own)."""

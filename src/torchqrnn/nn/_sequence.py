@@ -1,0 +1,59 @@
+"""Input checks and PackedSequence handling shared by the modules."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from ..ops._dispatch import shape_str
+
+
+def check_input(input: object, input_size: int, weight: Tensor, owner: str) -> Tensor:
+    """A 2-D (unbatched) or 3-D float tensor of ``input_size`` features, on the parameters' device/dtype."""
+    if not isinstance(input, Tensor):
+        raise TypeError(
+            f"{owner}: expected input to be a Tensor or PackedSequence, got {type(input).__name__}"
+        )
+    if input.dim() not in (2, 3):
+        raise ValueError(
+            f"{owner}: Expected input to be 2-D (T, input_size) unbatched or 3-D (T, B, input_size), "
+            f"got {input.dim()}-D of shape {shape_str(input)}"
+        )
+    if not input.is_floating_point():
+        raise RuntimeError(f"{owner}: expected a floating-point input, got {input.dtype}")
+    if input.shape[-1] != input_size:
+        raise RuntimeError(
+            f"{owner}: input.size(-1) must be equal to input_size. "
+            f"Expected {input_size}, got {input.shape[-1]}"
+        )
+    if input.device != weight.device:
+        raise RuntimeError(
+            f"{owner}: expected input on {weight.device} (the parameters'), got {input.device}"
+        )
+    if input.dtype != weight.dtype and not torch.is_autocast_enabled(input.device.type):
+        raise RuntimeError(
+            f"{owner}: expected input of dtype {weight.dtype} (the parameters'), got {input.dtype}"
+        )
+    return input
+
+
+def unpack(packed: PackedSequence, input_size: int, batch_first: bool, owner: str) -> tuple[Tensor, Tensor]:
+    """Zero-padded ``(T, B, I)`` (``(B, T, I)``) data in the original batch order, and the lengths (CPU)."""
+    data = packed.data
+    if data.dim() != 2 or data.shape[1] != input_size:
+        raise ValueError(
+            f"{owner}: expected PackedSequence data of shape (N, {input_size}), got {shape_str(data)} "
+            "(pack (T, B, I) input with pack_padded_sequence(..., batch_first=False), (B, T, I) with True)"
+        )
+    padded, lengths = pad_packed_sequence(packed, batch_first=batch_first)
+    return padded, lengths
+
+
+def pack_like(output: Tensor, lengths: Tensor, like: PackedSequence, batch_first: bool) -> PackedSequence:
+    """Pack padded ``output`` with exactly the batch order (sorted/unsorted indices) of ``like``."""
+    if like.sorted_indices is not None:
+        output = output.index_select(0 if batch_first else 1, like.sorted_indices)
+        lengths = lengths[like.sorted_indices.cpu()]
+    packed = pack_padded_sequence(output, lengths, batch_first=batch_first, enforce_sorted=True)
+    return PackedSequence(packed.data, packed.batch_sizes, like.sorted_indices, like.unsorted_indices)

@@ -1,0 +1,292 @@
+"""``QRNNLayer``: one QRNN layer, one direction: a windowed projection and the fused pooling."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from ..ops._dispatch import check_backend, shape_str
+from ..ops.qrnn_pool import gate_count, qrnn_pool
+from ._sequence import check_input, pack_like, unpack
+
+
+class QRNNLayer(nn.Module):
+    r"""One Quasi-Recurrent layer (Bradbury et al., 2017): a convolution over time, then f/fo/ifo-pooling.
+
+    .. math::
+        \begin{aligned}
+        [Z; F; O; I]_t &= W [x_t; x_{t-1}; \dots; x_{t-w+1}] + b \\
+        z_t = \tanh(Z_t), \quad f_t &= \sigma(F_t), \quad o_t = \sigma(O_t), \quad i_t = \sigma(I_t) \\
+        c_t &= i_t \odot z_t + (1 - f_t) \odot c_{t-1} \qquad (i_t = f_t \text{ without an input gate}) \\
+        h_t &= o_t \odot c_t \qquad (h_t = c_t \text{ without an output gate; no tanh on } c_t)
+        \end{aligned}
+
+    With ``backward=True`` the layer runs from the last step to the first and its window looks ahead:
+    ``[x_t; x_{t+1}; ...]``. Positions outside the sequence read zeros, or the saved inputs (``save_prev_x``).
+
+    Args:
+        input_size: features of ``x``.
+        hidden_size: features of ``h``; defaults to ``input_size``.
+        save_prev_x: keep the last ``window - 1`` input steps (detached; the first ones with ``backward``) as
+            the window context of the next call, so that a sequence run in chunks equals it run whole. Call
+            :meth:`reset` at the start of a new sequence. :meth:`forward_stream` does the same without
+            mutating the module (for DataParallel, DDP and ``torch.compile``).
+        zoneout: probability of keeping a unit's previous state. Training multiplies ``f`` by a Bernoulli
+            ``(1 - zoneout)`` mask (no rescaling); evaluation multiplies ``f`` by ``1 - zoneout``.
+        window: width of the convolution over time, any integer >= 1.
+        output_gate: fo-pooling (``h = o * c``); ``False`` gives f-pooling (``h = c``).
+        use_cuda: accepted for salesforce compatibility and ignored: the tensors' device picks the kernel.
+        batch_first: input and output are ``(B, T, *)``.
+        backward: run the recurrence from the last step to the first (the reverse half of a bidirectional
+            QRNN); the final state is then the one at ``t = 0``.
+        input_gate: ifo-pooling: a separate input gate ``i`` in place of ``f`` in front of ``z``.
+        bias: whether the projection has a bias.
+        backend: ``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"`` (see :func:`torchqrnn.forget_mult`).
+
+    Shapes (``G`` gates: 2, plus 1 each for the output and input gate):
+        - input: ``(T, B, input_size)``, ``(B, T, input_size)`` with ``batch_first``, ``(T, input_size)``
+          unbatched, or a :class:`~torch.nn.utils.rnn.PackedSequence`.
+        - hidden: ``(B, hidden_size)`` or ``(1, B, hidden_size)``; ``(hidden_size,)`` or ``(1, hidden_size)``
+          unbatched. Zeros when omitted.
+        - output: ``(T, B, hidden_size)`` (as the input's layout), or a PackedSequence.
+        - h_n: ``(1, B, hidden_size)`` (``(1, hidden_size)`` unbatched): the last *cell state* ``c``, not
+          ``h``, as salesforce's and fastai's layers.
+
+    Attributes:
+        linear: the projection ``nn.Linear(window * input_size, G * hidden_size)``, gate rows
+            ``[Z; F; O; I]``, input columns ``[x_t; x_{t-1}; ...]`` (``[x_t; x_{t+1}; ...]`` backward).
+        prev_x: the saved window context ``(window - 1, B, input_size)``, or ``None``.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int | None = None,
+        save_prev_x: bool = False,
+        zoneout: float = 0.0,
+        window: int = 1,
+        output_gate: bool = True,
+        use_cuda: bool | None = None,
+        *,
+        batch_first: bool = False,
+        backward: bool = False,
+        input_gate: bool = False,
+        bias: bool = True,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        hidden_size = input_size if hidden_size is None else hidden_size
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("window", window)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"QRNNLayer: expected {name} to be an integer >= 1, got {value!r}")
+        if not 0.0 <= zoneout < 1.0:
+            raise ValueError(f"QRNNLayer: expected zoneout in [0, 1), got {zoneout!r}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.save_prev_x = bool(save_prev_x)
+        self.zoneout = float(zoneout)
+        self.window = window
+        self.output_gate = bool(output_gate)
+        self.input_gate = bool(input_gate)
+        self.batch_first = bool(batch_first)
+        self.backward = bool(backward)
+        self.bias = bool(bias)
+        self.backend = check_backend("QRNNLayer", backend)
+        gates = gate_count(self.output_gate, self.input_gate)
+        self.linear = nn.Linear(
+            window * input_size, gates * hidden_size, bias=bias, device=device, dtype=dtype
+        )
+        self.prev_x: Tensor | None = None
+
+    def reset_parameters(self) -> None:
+        """``nn.Linear``'s default initialisation, as both reference implementations."""
+        self.linear.reset_parameters()
+
+    def reset(self) -> None:
+        """Forget the saved window context: call at the start of each new sequence with ``save_prev_x``."""
+        self.prev_x = None
+
+    def forward(
+        self, input: Tensor | PackedSequence, hidden: Tensor | None = None
+    ) -> tuple[Tensor | PackedSequence, Tensor]:
+        context = None
+        if self.save_prev_x and self.window > 1 and self.prev_x is not None:
+            context = self.prev_x
+        output, h_n, new_context = self._forward_checked(input, hidden, context, saving=self.save_prev_x)
+        if self.save_prev_x and self.window > 1:
+            self.prev_x = new_context.detach()
+        return output, h_n
+
+    def forward_stream(
+        self, input: Tensor, hidden: Tensor | None = None, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Run one chunk of a longer sequence with the window context passed in and returned, not saved.
+
+        ``context`` is ``(window - 1, B, input_size)`` time-major whatever ``batch_first`` (as ``h0`` in
+        ``nn.GRU``), zeros when ``None``; the returned one feeds the next chunk (it is not detached). Returns
+        ``(output, h_n, context)``. The module is not mutated, so this works under DataParallel, DDP and
+        ``torch.compile``.
+        """
+        if isinstance(input, PackedSequence):
+            raise ValueError(
+                "QRNNLayer.forward_stream: a PackedSequence has sequences of different lengths, which cannot "
+                "continue into a next chunk; pass a padded tensor of sequences that all go on"
+            )
+        output, h_n, new_context = self._forward_checked(input, hidden, context, saving=True)
+        return output, h_n, new_context  # type: ignore[return-value]  # a Tensor for Tensor input
+
+    def _forward_checked(
+        self, input: Tensor | PackedSequence, hidden: Tensor | None, context: Tensor | None, saving: bool
+    ) -> tuple[Tensor | PackedSequence, Tensor, Tensor]:
+        if isinstance(input, PackedSequence):
+            if saving and self.window > 1:
+                raise ValueError(
+                    "QRNNLayer: save_prev_x keeps each sequence's last steps for the next call, but a "
+                    "PackedSequence holds sequences of different lengths; pass a padded tensor instead"
+                )
+            x, lengths = unpack(input, self.input_size, self.batch_first, "QRNNLayer")
+            h0 = self._check_hidden(hidden, x, self.batch_first)
+            output, h_n, new_context = self.run(x, h0, None, lengths, self.batch_first)
+            return pack_like(output, lengths, input, self.batch_first), h_n.unsqueeze(0), new_context
+        check_input(input, self.input_size, self.linear.weight, "QRNNLayer")
+        if input.dim() == 2:  # unbatched: a batch of one, time-major
+            x = input.unsqueeze(1)
+            h0 = self._check_hidden(hidden, x, False, unbatched=True)
+            context = self._check_context(context, x, False, unbatched=True)
+            output, h_n, new_context = self.run(x, h0, context, None, False)
+            return output.squeeze(1), h_n, new_context.squeeze(1)
+        h0 = self._check_hidden(hidden, input, self.batch_first)
+        context = self._check_context(context, input, self.batch_first)
+        output, h_n, new_context = self.run(input, h0, context, None, self.batch_first)
+        return output, h_n.unsqueeze(0), new_context
+
+    def run(
+        self, x: Tensor, h0: Tensor | None, context: Tensor | None, lengths: Tensor | None, batch_first: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The layer on checked 3-D input: ``(output, h_n (B, H), new context (window - 1, B, I))``.
+
+        ``lengths`` marks later steps of each sequence as padding, which must be zero in ``x``.
+        """
+        time_dim = 1 if batch_first else 0
+        source, new_context = self._window(x, context, time_dim)
+        gates = self.linear(source)  # (T, B, G*H) or (B, T, G*H): gate blocks [Z; F; O; I]
+        mask, scale = None, 1.0
+        if self.zoneout > 0.0:
+            if self.training:
+                mask = torch.empty(
+                    (*gates.shape[:2], self.hidden_size), dtype=torch.bool, device=gates.device
+                ).bernoulli_(1.0 - self.zoneout)
+            else:
+                scale = 1.0 - self.zoneout
+        output, h_n = qrnn_pool(
+            gates,
+            h0,
+            output_gate=self.output_gate,
+            input_gate=self.input_gate,
+            forget_mask=mask,
+            forget_scale=scale,
+            lengths=lengths,
+            batch_first=batch_first,
+            reverse=self.backward,
+            backend=self.backend,
+        )
+        return output, h_n, new_context
+
+    def _window(self, x: Tensor, context: Tensor | None, time_dim: int) -> tuple[Tensor, Tensor]:
+        """The convolution's input ``[x_t; x_{t-1}; ...]`` (``[x_t; x_{t+1}; ...]`` backward) and the context
+        the next chunk needs: the last ``window - 1`` steps (the first ones backward), time-major."""
+        steps, span = x.shape[time_dim], self.window - 1
+        if span == 0:
+            return x, x.new_empty(0, x.shape[1 - time_dim], x.shape[2])
+        if context is None:
+            shape = list(x.shape)
+            shape[time_dim] = span
+            edge = x.new_zeros(shape)
+        else:
+            edge = context.transpose(0, 1) if time_dim == 1 else context
+        if self.backward:
+            padded = torch.cat([x, edge], time_dim)  # (T + w - 1) steps: x, then what follows it
+            shifts = [padded.narrow(time_dim, k, steps) for k in range(self.window)]
+            new_context = padded.narrow(time_dim, 0, span)
+        else:
+            padded = torch.cat([edge, x], time_dim)  # what precedes x, then x
+            shifts = [padded.narrow(time_dim, span - k, steps) for k in range(self.window)]
+            new_context = padded.narrow(time_dim, steps, span)
+        return torch.cat(shifts, 2), (new_context.transpose(0, 1) if time_dim == 1 else new_context)
+
+    def _check_hidden(
+        self, hidden: Tensor | None, x: Tensor, batch_first: bool, unbatched: bool = False
+    ) -> Tensor | None:
+        """``hidden`` as ``(B, H)``. Accepted as ``(B, H)`` or ``(1, B, H)`` (the shape the layer returns);
+        unbatched as ``(H,)`` or ``(1, H)``."""
+        if hidden is None:
+            return None
+        if not isinstance(hidden, Tensor):
+            raise TypeError(f"QRNNLayer: expected hidden to be a Tensor, got {type(hidden).__name__}")
+        batch = x.shape[0 if batch_first else 1]
+        size = self.hidden_size
+        allowed = ((size,), (1, size)) if unbatched else ((batch, size), (1, batch, size))
+        if tuple(hidden.shape) not in allowed:
+            raise RuntimeError(
+                f"QRNNLayer: Expected hidden size {allowed[0]} or {allowed[1]}, got {shape_str(hidden)}"
+            )
+        if hidden.dtype != x.dtype:
+            raise RuntimeError(
+                f"QRNNLayer: expected hidden of dtype {x.dtype} (the input's), got {hidden.dtype}"
+            )
+        if hidden.device != x.device:
+            raise RuntimeError(f"QRNNLayer: expected hidden on {x.device} (the input's), got {hidden.device}")
+        return hidden.reshape(batch, size)
+
+    def _check_context(
+        self, context: Tensor | None, x: Tensor, batch_first: bool, unbatched: bool = False
+    ) -> Tensor | None:
+        """``context`` as ``(window - 1, B, I)``; unbatched as ``(window - 1, I)``."""
+        if context is None or self.window == 1:
+            return None
+        if not isinstance(context, Tensor):
+            raise TypeError(f"QRNNLayer: expected context to be a Tensor, got {type(context).__name__}")
+        batch = x.shape[0 if batch_first else 1]
+        span, size = self.window - 1, self.input_size
+        if unbatched:
+            if tuple(context.shape) != (span, size):
+                raise RuntimeError(
+                    f"QRNNLayer: expected context of shape {(span, size)}, got {shape_str(context)}"
+                )
+            context = context.unsqueeze(1)
+        elif context.dim() != 3 or context.shape[0] != span or context.shape[2] != size:
+            raise RuntimeError(
+                f"QRNNLayer: expected context of shape {(span, batch, size)}, got {shape_str(context)}"
+            )
+        elif context.shape[1] != batch:
+            raise RuntimeError(
+                f"QRNNLayer: the window context holds a batch of {context.shape[1]} but the input has "
+                f"{batch}; call reset() (or QRNN.reset()) before a new sequence or batch size"
+            )
+        if context.dtype != x.dtype or context.device != x.device:
+            raise RuntimeError(
+                f"QRNNLayer: expected context of dtype {x.dtype} on {x.device}, got {context.dtype} on "
+                f"{context.device}"
+            )
+        return context
+
+    def extra_repr(self) -> str:
+        text = f"{self.input_size}, {self.hidden_size}"
+        defaults = {
+            "window": 1,
+            "output_gate": True,
+            "input_gate": False,
+            "zoneout": 0.0,
+            "save_prev_x": False,
+            "batch_first": False,
+            "backward": False,
+            "bias": True,
+            "backend": "auto",
+        }
+        for name, default in defaults.items():
+            if getattr(self, name) != default:
+                text += f", {name}={getattr(self, name)!r}"
+        return text

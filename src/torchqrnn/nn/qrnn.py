@@ -1,0 +1,305 @@
+"""``QRNN``: a stack of QRNN layers, a drop-in for ``nn.GRU``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TypeVar
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.nn.utils.rnn import PackedSequence
+
+from ..ops._dispatch import check_backend, shape_str
+from ._sequence import check_input, pack_like, unpack
+from .layer import QRNNLayer
+
+_T = TypeVar("_T")
+
+
+def _per_layer(name: str, value: _T | Sequence[_T], num_layers: int) -> list[_T]:
+    """One value for every layer, or a list with one entry per layer."""
+    if isinstance(value, list | tuple):
+        if len(value) != num_layers:
+            raise ValueError(
+                f"QRNN: expected {name} to have one entry per layer ({num_layers}), got {len(value)}"
+            )
+        return list(value)
+    return [value] * num_layers  # type: ignore[list-item]
+
+
+class QRNN(nn.Module):
+    r"""A multi-layer Quasi-Recurrent Neural Network, with the interface of ``nn.GRU``.
+
+    Each layer is a :class:`QRNNLayer` (see it for the equations). With ``bidirectional=True`` every layer
+    runs both directions, as ``nn.GRU``, and concatenates them, so layer ``l + 1`` reads ``2 * hidden_size``
+    features (unlike fastai's two independent towers). ``dropout`` applies to every layer's output but the
+    last, in training only.
+
+    Args:
+        input_size: features of the input.
+        hidden_size: features of each layer's state.
+        num_layers: number of stacked layers (ignored when ``layers`` is given).
+        bias: whether the projections have a bias.
+        batch_first: input and output are ``(B, T, *)``; ``h0`` and ``h_n`` stay ``(L * D, B, H)``.
+        dropout: dropout probability on the outputs of all layers but the last.
+        bidirectional: run each layer in both directions.
+        layers: prebuilt :class:`QRNNLayer` s (salesforce's argument); unidirectional only.
+        window, save_prev_x, zoneout: one value, or a list with one entry per layer.
+        output_gate, input_gate: pooling kind of every layer (fo-pooling by default).
+        use_cuda: accepted for salesforce compatibility and ignored.
+        backend: ``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"``, passed to every layer.
+
+    Shapes (``D`` = 2 if bidirectional else 1, ``L`` = ``num_layers``):
+        - input: ``(T, B, input_size)``, ``(B, T, input_size)`` with ``batch_first``, ``(T, input_size)``
+          unbatched, or a :class:`~torch.nn.utils.rnn.PackedSequence`.
+        - h0: ``(L * D, B, hidden_size)`` (``(L * D, hidden_size)`` unbatched), ordered
+          ``[l0_fwd, l0_bwd, l1_fwd, ...]``; zeros when omitted.
+        - output: ``(T, B, D * hidden_size)`` in the input's layout, or a PackedSequence.
+        - h_n: like h0. It holds the last *cell states* ``c``, so unlike ``nn.GRU`` ``h_n[-1]`` equals
+          ``output[-1]`` only without an output gate (``h = o * c`` otherwise). With a PackedSequence each
+          sequence's state is taken at its own last step (its first step for the reverse direction).
+
+    Example::
+
+        >>> qrnn = QRNN(32, 64, num_layers=2, window=[2, 1], dropout=0.1)
+        >>> output, h_n = qrnn(torch.randn(50, 8, 32))
+        >>> output.shape, h_n.shape
+        (torch.Size([50, 8, 64]), torch.Size([2, 8, 64]))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        layers: Sequence[QRNNLayer] | None = None,
+        *,
+        window: int | Sequence[int] = 1,
+        save_prev_x: bool | Sequence[bool] = False,
+        zoneout: float | Sequence[float] = 0.0,
+        output_gate: bool = True,
+        input_gate: bool = False,
+        use_cuda: bool | None = None,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"QRNN: expected dropout in [0, 1), got {dropout!r}")
+        check_backend("QRNN", backend)
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        self.batch_first = bool(batch_first)
+        self.dropout = float(dropout)
+        self.bidirectional = bool(bidirectional)
+        if layers is not None:
+            built = self._check_layers(layers, input_size, hidden_size, batch_first)
+            if bidirectional:
+                raise ValueError("QRNN: layers= builds a unidirectional stack; it cannot be bidirectional")
+            self.num_layers = len(built)
+            self.layers = nn.ModuleList(built)
+            return
+        if not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"QRNN: expected num_layers to be an integer >= 1, got {num_layers!r}")
+        self.num_layers = num_layers
+        windows = _per_layer("window", window, num_layers)
+        zoneouts = _per_layer("zoneout", zoneout, num_layers)
+        saves = _per_layer("save_prev_x", save_prev_x, num_layers)
+        if bidirectional and any(saves):
+            raise ValueError(
+                "QRNN: save_prev_x cannot be used with bidirectional: the reverse direction would need the "
+                "inputs that come after the chunk"
+            )
+        directions = 2 if bidirectional else 1
+
+        def make(layer: int, backward: bool) -> QRNNLayer:
+            return QRNNLayer(
+                input_size if layer == 0 else hidden_size * directions,
+                hidden_size,
+                save_prev_x=saves[layer],
+                zoneout=zoneouts[layer],
+                window=windows[layer],
+                output_gate=output_gate,
+                batch_first=batch_first,
+                backward=backward,
+                input_gate=input_gate,
+                bias=bias,
+                backend=backend,
+                device=device,
+                dtype=dtype,
+            )
+
+        self.layers = nn.ModuleList([make(layer, False) for layer in range(num_layers)])
+        if bidirectional:
+            self.layers_bwd = nn.ModuleList([make(layer, True) for layer in range(num_layers)])
+
+    @staticmethod
+    def _check_layers(
+        layers: Sequence[QRNNLayer], input_size: int, hidden_size: int, batch_first: bool
+    ) -> list[QRNNLayer]:
+        built = list(layers)
+        if not built:
+            raise ValueError("QRNN: expected layers to hold at least one QRNNLayer, got none")
+        expected_input = input_size
+        for index, layer in enumerate(built):
+            if not isinstance(layer, QRNNLayer):
+                raise TypeError(
+                    f"QRNN: expected layers[{index}] to be a QRNNLayer, got {type(layer).__name__}"
+                )
+            if layer.input_size != expected_input or layer.hidden_size != hidden_size:
+                raise ValueError(
+                    f"QRNN: expected layers[{index}] to map {expected_input} -> {hidden_size} features, "
+                    f"got {layer.input_size} -> {layer.hidden_size}"
+                )
+            if layer.batch_first != batch_first or layer.backward:
+                raise ValueError(
+                    f"QRNN: expected layers[{index}] with batch_first={batch_first} and backward=False, got "
+                    f"batch_first={layer.batch_first}, backward={layer.backward}"
+                )
+            expected_input = hidden_size
+        return built
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _stack(self) -> list[list[QRNNLayer]]:
+        """The layers, one list of directions per depth: [[l0_fwd, l0_bwd], [l1_fwd, l1_bwd], ...]."""
+        forward: list[QRNNLayer] = list(self.layers)  # type: ignore[arg-type]
+        backward: list[QRNNLayer] = list(self.layers_bwd) if self.bidirectional else []  # type: ignore[arg-type]
+        return [[layer, *backward[depth : depth + 1]] for depth, layer in enumerate(forward)]
+
+    def reset(self) -> None:
+        """Forget every layer's saved window context (``save_prev_x``); call it before each new sequence."""
+        for directions in self._stack():
+            for layer in directions:
+                layer.reset()
+
+    def flatten_parameters(self) -> None:
+        """No-op, for code written for ``nn.LSTM`` / ``nn.GRU`` (a QRNN's weights need no flattening)."""
+
+    def reset_parameters(self) -> None:
+        for directions in self._stack():
+            for layer in directions:
+                layer.reset_parameters()
+
+    def forward(
+        self, input: Tensor | PackedSequence, h0: Tensor | None = None
+    ) -> tuple[Tensor | PackedSequence, Tensor]:
+        saving = [layer.save_prev_x and layer.window > 1 for layer, *_ in self._stack()]
+        if isinstance(input, PackedSequence) and any(saving):
+            raise ValueError(
+                "QRNN: save_prev_x keeps each sequence's last steps for the next call, but a PackedSequence "
+                "holds sequences of different lengths; pass a padded tensor instead"
+            )
+        contexts = [
+            layer.prev_x if layer.save_prev_x and layer.window > 1 else None for layer, *_ in self._stack()
+        ]
+        output, h_n, new_contexts = self._forward_checked(input, h0, contexts)
+        for (layer, *_), context in zip(self._stack(), new_contexts, strict=True):
+            if layer.save_prev_x and layer.window > 1:
+                layer.prev_x = context.detach()
+        return output, h_n
+
+    def forward_stream(
+        self, input: Tensor, h0: Tensor | None = None, contexts: Sequence[Tensor | None] | None = None
+    ) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """Run one chunk of longer sequences, carrying every layer's window context in and out.
+
+        ``contexts`` holds one ``(window - 1, B, layer input size)`` tensor (time-major) per layer, or
+        ``None`` for zeros; the returned list feeds the next chunk. Nothing is stored on the module, so this
+        works under DataParallel, DDP and ``torch.compile``. Unidirectional stacks only.
+        """
+        if self.bidirectional:
+            raise ValueError("QRNN.forward_stream: a bidirectional QRNN needs whole sequences")
+        if isinstance(input, PackedSequence):
+            raise ValueError("QRNN.forward_stream: pass a padded tensor; packed sequences cannot continue")
+        contexts = [None] * self.num_layers if contexts is None else list(contexts)
+        if len(contexts) != self.num_layers:
+            raise ValueError(f"QRNN.forward_stream: expected {self.num_layers} contexts, got {len(contexts)}")
+        output, h_n, new_contexts = self._forward_checked(input, h0, contexts)
+        return output, h_n, new_contexts  # type: ignore[return-value]  # a Tensor for Tensor input
+
+    def _forward_checked(
+        self, input: Tensor | PackedSequence, h0: Tensor | None, contexts: list[Tensor | None]
+    ) -> tuple[Tensor | PackedSequence, Tensor, list[Tensor]]:
+        first = self._stack()[0][0]
+        lengths = None
+        if isinstance(input, PackedSequence):
+            if any(c is not None for c in contexts):
+                raise ValueError(
+                    "QRNN: a saved window context (save_prev_x) cannot continue into a PackedSequence of "
+                    "different lengths; call reset() first or pass a padded tensor"
+                )
+            x, lengths = unpack(input, self.input_size, self.batch_first, "QRNN")
+            batch_first, unbatched = self.batch_first, False
+        else:
+            check_input(input, self.input_size, first.linear.weight, "QRNN")
+            unbatched = input.dim() == 2
+            x, batch_first = (input.unsqueeze(1), False) if unbatched else (input, self.batch_first)
+        states = self._check_h0(h0, x, batch_first, unbatched)
+        if unbatched:
+            contexts = [c if c is None or c.dim() != 2 else c.unsqueeze(1) for c in contexts]
+
+        finals: list[Tensor] = []
+        new_contexts: list[Tensor] = []
+        for depth, directions in enumerate(self._stack()):
+            outputs = []
+            for direction, layer in enumerate(directions):
+                index = depth * self.num_directions + direction
+                context = layer._check_context(contexts[depth], x, batch_first) if direction == 0 else None
+                out, h_n, new_context = layer.run(
+                    x, None if states is None else states[index], context, lengths, batch_first
+                )
+                outputs.append(out)
+                finals.append(h_n)
+                if direction == 0:
+                    new_contexts.append(new_context)
+            x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+            if self.dropout and depth < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, self.training)
+
+        h_n = torch.stack(finals)
+        if isinstance(input, PackedSequence):
+            assert lengths is not None
+            return pack_like(x, lengths, input, batch_first), h_n, new_contexts
+        if unbatched:
+            return x.squeeze(1), h_n.squeeze(1), [c.squeeze(1) for c in new_contexts]
+        return x, h_n, new_contexts
+
+    def _check_h0(self, h0: Tensor | None, x: Tensor, batch_first: bool, unbatched: bool) -> Tensor | None:
+        if h0 is None:
+            return None
+        if not isinstance(h0, Tensor):
+            raise TypeError(f"QRNN: expected h0 to be a Tensor, got {type(h0).__name__}")
+        count = self.num_layers * self.num_directions
+        batch = x.shape[0 if batch_first else 1]
+        expected = (count, self.hidden_size) if unbatched else (count, batch, self.hidden_size)
+        if tuple(h0.shape) != expected:
+            raise RuntimeError(f"QRNN: Expected hidden size {expected}, got {shape_str(h0)}")
+        if h0.dtype != x.dtype:
+            raise RuntimeError(f"QRNN: expected h0 of dtype {x.dtype} (the input's), got {h0.dtype}")
+        if h0.device != x.device:
+            raise RuntimeError(f"QRNN: expected h0 on {x.device} (the input's), got {h0.device}")
+        return h0.unsqueeze(1) if unbatched else h0
+
+    def extra_repr(self) -> str:
+        text = f"{self.input_size}, {self.hidden_size}"
+        defaults = {
+            "num_layers": 1,
+            "bias": True,
+            "batch_first": False,
+            "dropout": 0.0,
+            "bidirectional": False,
+        }
+        for name, default in defaults.items():
+            if getattr(self, name) != default:
+                text += f", {name}={getattr(self, name)!r}"
+        return text
