@@ -31,21 +31,30 @@ def _triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The backend that runs for tensors on ``device``: the one place that branches on the device."""
+def resolve_backend(backend: str, device: torch.device, kernels: tuple[str, ...] = ("cpu", "triton")) -> str:
+    """The backend that runs for tensors on ``device``: the one place that branches on the device.
+
+    ``kernels`` names the kernel backends the calling op has; ``"auto"`` falls back to the reference loop,
+    with a warning, where the device's kernel is missing.
+    """
     check_backend("torchqrnn", backend)
     if backend == "auto":
         if device.type == "cpu":
             return "cpu"
         if device.type == "cuda":
-            if _triton_available():
+            if "triton" in kernels and _triton_available():
                 return "triton"
+            reason = "Triton is not installed" if "triton" in kernels else "this op has no Triton kernel yet"
             warnings.warn(
-                "torchqrnn: Triton is not installed, so CUDA tensors run the slow reference loop; "
-                "`pip install triton` (or `pip install torchqrnn[triton]`) for the fused GPU kernels",
+                f"torchqrnn: {reason}, so CUDA tensors run the slow reference loop"
+                + ("; `pip install triton` for the fused GPU kernels" if "triton" in kernels else ""),
                 stacklevel=3,
             )
         return "reference"
+    if backend != "reference" and backend not in kernels:
+        raise ValueError(
+            f"backend={backend!r} is not available for this op; it has {kernels} and 'reference'"
+        )
     if backend == "cpu" and device.type != "cpu":
         raise ValueError(f"backend='cpu' runs on CPU tensors only, got tensors on {device}")
     if backend == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -61,7 +70,9 @@ def kernel_module(op_package: str, backend: str) -> ModuleType:
     try:
         return importlib.import_module(f"{op_package}.{backend}")
     except ImportError as error:
-        package = {"cpu": "numba", "triton": "triton"}[backend]
+        package = {"cpu": "numba", "triton": "triton"}.get(backend)
+        if package is None or importlib.util.find_spec(package) is not None:
+            raise  # the package is there: the failure is something else, and its own message says what
         raise ImportError(
             f"torchqrnn backend {backend!r} needs the package {package!r}: `pip install {package}` "
             f"(or `pip install torchqrnn[{package}]`)"

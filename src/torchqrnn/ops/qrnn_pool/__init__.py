@@ -36,6 +36,9 @@ from .reference import qrnn_pool_reference
 
 __all__ = ["qrnn_pool", "qrnn_pool_reference"]
 
+# The kernel backends this op has (a module of that name beside this file).
+KERNELS = ("cpu",)
+
 
 def gate_count(output_gate: bool, input_gate: bool) -> int:
     return 2 + output_gate + input_gate
@@ -298,7 +301,7 @@ def qrnn_pool(
     gates, h0, forget_mask, lengths = _check_inputs(
         gates, h0, forget_mask, lengths, output_gate, input_gate, batch_first, backend
     )
-    chosen = resolve_backend(backend, gates.device)
+    chosen = resolve_backend(backend, gates.device, KERNELS)
     options = (output_gate, input_gate, batch_first, reverse)
     if chosen == "reference":
         return qrnn_pool_reference(
