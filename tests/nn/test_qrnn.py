@@ -307,3 +307,17 @@ def test_saved_context_errors() -> None:
         qrnn(packed)
     with pytest.raises(ValueError, match="bidirectional QRNN needs whole sequences"):
         QRNN(3, 4, bidirectional=True).forward_stream(torch.randn(5, 2, 3))
+
+
+def test_autocast_projection_in_low_precision_recurrence_in_float32() -> None:
+    """Under autocast the projection runs in bfloat16; the state passed in stays float32 outside."""
+    qrnn = QRNN(8, 16, num_layers=2, window=2)
+    x, h0 = torch.randn(5, 3, 8), torch.randn(2, 3, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, h_n = qrnn(x, h0)
+    assert out.dtype == torch.bfloat16 and h_n.dtype == torch.bfloat16
+    expected, expected_h_n = qrnn(x, h0)
+    torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.02)
+    torch.testing.assert_close(h_n.float(), expected_h_n, rtol=0.05, atol=0.02)
+    out.float().sum().backward()
+    assert qrnn.layers[0].linear.weight.grad.dtype == torch.float32

@@ -181,6 +181,11 @@ class QRNNLayer(nn.Module):
                 ).bernoulli_(1.0 - self.zoneout)
             else:
                 scale = 1.0 - self.zoneout
+        if h0 is not None and h0.dtype != gates.dtype:
+            h0 = h0.to(
+                gates.dtype
+            )  # autocast: the projection ran in lower precision; the pooling accumulates
+            # in float32 inside the kernels either way
         output, h_n = qrnn_pool(
             gates,
             h0,
