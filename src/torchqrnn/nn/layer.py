@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from ..ops._dispatch import check_backend, shape_str
+from ..ops.linear import linear
 from ..ops.qrnn_pool import gate_count, qrnn_pool
 from ._sequence import check_input, pack_like, unpack
 
@@ -172,7 +173,8 @@ class QRNNLayer(nn.Module):
         """
         time_dim = 1 if batch_first else 0
         source, new_context = self._window(x, context, time_dim)
-        gates = self.linear(source)  # (T, B, G*H) or (B, T, G*H): gate blocks [Z; F; O; I]
+        # (T, B, G*H) or (B, T, G*H), gate blocks [Z; F; O; I]; F.linear or oneDNN, whichever is faster
+        gates = linear(source, self.linear.weight, self.linear.bias, self.backend)
         mask, scale = None, 1.0
         if self.zoneout > 0.0:
             if self.training:

@@ -1,0 +1,75 @@
+"""The projection: oneDNN and F.linear give the same values and gradients; the choice is honoured."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from torchqrnn import QRNN
+from torchqrnn.ops import linear as projection
+
+needs_onednn = pytest.mark.skipif(
+    not projection._onednn_available(), reason="this PyTorch build has no oneDNN"
+)
+
+
+@needs_onednn
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_onednn_matches_f_linear(monkeypatch: pytest.MonkeyPatch, with_bias: bool) -> None:
+    monkeypatch.setattr(projection, "_setting", "onednn")
+    source = torch.randn(9, 2, 7, 3).transpose(1, 2)  # awkward: 4-D, non-contiguous, odd sizes
+    weights = [torch.randn(13, 3), torch.randn(13) if with_bias else None]
+    results = []
+    for use in (projection.linear, F.linear):
+        x = source.clone().requires_grad_()
+        w = [None if t is None else t.clone().requires_grad_() for t in weights]
+        out = use(x, *w)
+        grad = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+        inputs = [t for t in (x, *w) if t is not None]
+        results.append((out, *torch.autograd.grad(out, inputs, grad)))
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_layer_results_do_not_depend_on_the_gemm(monkeypatch: pytest.MonkeyPatch) -> None:
+    qrnn = QRNN(6, 8, num_layers=2, window=2, bidirectional=True)
+    x = torch.randn(5, 3, 6)
+    results = []
+    for choice in ("onednn", "linear"):
+        monkeypatch.setattr(projection, "_setting", choice)
+        qrnn.zero_grad()
+        out, h_n = qrnn(x)
+        (out.sum() + h_n.sum()).backward()
+        results.append((out, h_n, *(p.grad for p in qrnn.parameters())))
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_choice_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(projection, "_setting", None)
+    monkeypatch.setenv("TORCHQRNN_CPU_GEMM", "linear")
+    assert projection.cpu_gemm() == "linear"
+    monkeypatch.setenv("TORCHQRNN_CPU_GEMM", "fast")
+    with pytest.raises(ValueError, match="TORCHQRNN_CPU_GEMM: expected one of"):
+        projection.cpu_gemm()
+    with pytest.raises(ValueError, match="set_cpu_gemm: expected one of"):
+        projection.set_cpu_gemm("mkl")
+    monkeypatch.setenv("TORCHQRNN_CPU_GEMM", "auto")
+    monkeypatch.setattr(projection, "_probed", None)
+    assert projection.cpu_gemm() in ("onednn", "linear")  # the probe ran and decided
+    assert projection._probed == projection.cpu_gemm()
+
+
+def test_plain_linear_where_onednn_does_not_apply(monkeypatch: pytest.MonkeyPatch) -> None:
+    """float64, the reference backend and autocast all take F.linear itself."""
+    calls = []
+    monkeypatch.setattr(projection._OneDNNLinear, "apply", lambda *a: calls.append(a))
+    monkeypatch.setattr(projection, "_setting", "onednn")
+    x, w = torch.randn(4, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    torch.testing.assert_close(projection.linear(x, w, None), F.linear(x, w))
+    projection.linear(x.float(), w.float(), None, backend="reference")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        projection.linear(x.float(), w.float(), None)
+    assert calls == []
