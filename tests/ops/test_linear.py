@@ -18,6 +18,7 @@ needs_onednn = pytest.mark.skipif(
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_onednn_matches_f_linear(monkeypatch: pytest.MonkeyPatch, with_bias: bool) -> None:
     monkeypatch.setattr(projection, "_setting", "onednn")
+    monkeypatch.setattr(projection, "ONEDNN_MIN_ROWS", 1)
     source = torch.randn(9, 2, 7, 3).transpose(1, 2)  # awkward: 4-D, non-contiguous, odd sizes
     weights = [torch.randn(13, 3), torch.randn(13) if with_bias else None]
     results = []
@@ -37,6 +38,7 @@ def test_layer_results_do_not_depend_on_the_gemm(monkeypatch: pytest.MonkeyPatch
     qrnn = QRNN(6, 8, num_layers=2, window=2, bidirectional=True)
     x = torch.randn(5, 3, 6)
     results = []
+    monkeypatch.setattr(projection, "ONEDNN_MIN_ROWS", 1)
     for choice in ("onednn", "linear"):
         monkeypatch.setattr(projection, "_setting", choice)
         qrnn.zero_grad()
@@ -63,10 +65,12 @@ def test_choice_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_plain_linear_where_onednn_does_not_apply(monkeypatch: pytest.MonkeyPatch) -> None:
-    """float64, the reference backend and autocast all take F.linear itself."""
+    """float64, the reference backend, autocast and small products all take F.linear itself."""
     calls = []
     monkeypatch.setattr(projection._OneDNNLinear, "apply", lambda *a: calls.append(a))
     monkeypatch.setattr(projection, "_setting", "onednn")
+    projection.linear(torch.randn(3, 4), torch.randn(5, 4), None)  # 3 rows: below ONEDNN_MIN_ROWS
+    monkeypatch.setattr(projection, "ONEDNN_MIN_ROWS", 1)
     x, w = torch.randn(4, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
     torch.testing.assert_close(projection.linear(x, w, None), F.linear(x, w))
     projection.linear(x.float(), w.float(), None, backend="reference")
