@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -57,7 +58,24 @@ def _timed(fn: Callable[[], object], sync: Callable[[], None]) -> Callable[[], N
     return run
 
 
-def figure4_grid(device: torch.device, batches: list[int], lengths: list[int], rounds: int) -> dict[str, Any]:
+@dataclass
+class Budget:
+    """How long each measurement may take: rounds of interleaved samples, each at least ``min_seconds``."""
+
+    rounds: int = 5
+    min_seconds: float = 0.02
+
+    def time(
+        self, candidates: dict[str, Callable[[], object]], min_seconds: float | None = None
+    ) -> dict[str, Any]:
+        return interleaved(
+            candidates, rounds=self.rounds, min_seconds=min(self.min_seconds, min_seconds or 1e9)
+        )
+
+
+def figure4_grid(
+    device: torch.device, batches: list[int], lengths: list[int], budget: Budget
+) -> dict[str, Any]:
     """LSTM time / QRNN time for inference (eval, no grad) of one 320-unit layer, per (batch, length)."""
     size, sync = 320, _synchronizer(device)
     qrnn = QRNN(size, size, device=device).eval()
@@ -67,12 +85,11 @@ def figure4_grid(device: torch.device, batches: list[int], lengths: list[int], r
         for batch in batches:
             for steps in lengths:
                 x = torch.randn(steps, batch, size, device=device)
-                samples = interleaved(
+                samples = budget.time(
                     {
                         "qrnn": _timed(lambda x=x: qrnn(x), sync),  # type: ignore[misc]
                         "lstm": _timed(lambda x=x: lstm(x), sync),  # type: ignore[misc]
                     },
-                    rounds=rounds,
                     min_seconds=0.01,
                 )
                 cells[f"{batch}x{steps}"] = {
@@ -93,7 +110,7 @@ def _training_step(model: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Cal
     return step
 
 
-def ptb_training(device: torch.device, rounds: int, quick: bool) -> dict[str, Any]:
+def ptb_training(device: torch.device, budget: Budget, quick: bool) -> dict[str, Any]:
     """Per-batch training time in the paper's PTB setting, and one layer against its projection GEMM."""
     steps, batch, size = (21, 4, 128) if quick else (105, 20, 640)
     sync = _synchronizer(device)
@@ -104,9 +121,7 @@ def ptb_training(device: torch.device, rounds: int, quick: bool) -> dict[str, An
         "lstm": nn.LSTM(size, size, num_layers=2, device=device),
         "gru": nn.GRU(size, size, num_layers=2, device=device),
     }
-    samples = interleaved(
-        {name: _timed(_training_step(m, x, grad), sync) for name, m in models.items()}, rounds=rounds
-    )
+    samples = budget.time({name: _timed(_training_step(m, x, grad), sync) for name, m in models.items()})
 
     # One layer as in the middle of a network (its input needs a gradient) against its projection alone:
     # the same GEMM, forward and backward (dX and dW), through the same F.linear / oneDNN choice.
@@ -125,7 +140,7 @@ def ptb_training(device: torch.device, rounds: int, quick: bool) -> dict[str, An
         linear(x_layer, weight, bias).backward(gates_grad)
         sync()
 
-    layer_samples = interleaved({"layer": layer_step, "gemm": gemm_step}, rounds=rounds)
+    layer_samples = budget.time({"layer": layer_step, "gemm": gemm_step})
     return {
         "shape": {"steps": steps, "batch": batch, "units": size, "layers": 2},
         "ms": {name: s.median * 1e3 for name, s in samples.items()},
@@ -138,19 +153,18 @@ def ptb_training(device: torch.device, rounds: int, quick: bool) -> dict[str, An
     }
 
 
-def long_sequence_training(device: torch.device, rounds: int, quick: bool) -> dict[str, Any]:
+def long_sequence_training(device: torch.device, budget: Budget, quick: bool) -> dict[str, Any]:
     """T = 1024, B = 1, 320 units, training: where an LSTM's step-by-step recurrence hurts most."""
     steps, size = (128, 64) if quick else (1024, 320)
     sync = _synchronizer(device)
     x = torch.randn(steps, 1, size, device=device)
     grad = torch.randn(steps, 1, size, device=device)
     qrnn, lstm = QRNN(size, size, device=device), nn.LSTM(size, size, device=device)
-    samples = interleaved(
+    samples = budget.time(
         {
             "qrnn": _timed(_training_step(qrnn, x, grad), sync),
             "lstm": _timed(_training_step(lstm, x, grad), sync),
-        },
-        rounds=rounds,
+        }
     )
     return {
         "shape": {"steps": steps, "batch": 1, "units": size},
@@ -159,7 +173,7 @@ def long_sequence_training(device: torch.device, rounds: int, quick: bool) -> di
     }
 
 
-def streaming(device: torch.device, rounds: int) -> dict[str, Any]:
+def streaming(device: torch.device, budget: Budget) -> dict[str, Any]:
     """Latency of one step at batch 1: a QRNN layer fed T = 1 chunks vs the LSTM and GRU cells."""
     size, sync = 320, _synchronizer(device)
     layer = QRNNLayer(size, size, device=device).eval()
@@ -167,14 +181,13 @@ def streaming(device: torch.device, rounds: int) -> dict[str, Any]:
     x_t, h, c = (torch.randn(1, size, device=device) for _ in range(3))
     x_seq, state = x_t.unsqueeze(0), torch.zeros(1, size, device=device)
     with torch.no_grad():
-        samples = interleaved(
+        samples = budget.time(
             {
                 "qrnn": _timed(lambda: layer(x_seq, state), sync),
                 "lstm_cell": _timed(lambda: lstm(x_t, (h, c)), sync),
                 "gru_cell": _timed(lambda: gru(x_t, h), sync),
                 "matvec": _timed(lambda: linear(x_t, layer.linear.weight, layer.linear.bias), sync),
-            },
-            rounds=rounds,
+            }
         )
     return {
         "us": {name: s.median * 1e6 for name, s in samples.items()},
@@ -288,15 +301,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--plot", metavar="PATH", help="write the Figure 4 grid as a PNG heatmap")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    rounds = args.rounds or (2 if args.quick else 5)
+    budget = Budget(rounds=2, min_seconds=0.002) if args.quick else Budget()
+    if args.rounds:
+        budget.rounds = args.rounds
     batches, lengths = ([8, 16], [32, 64]) if args.quick else (BATCHES, LENGTHS)
 
     torch.manual_seed(0)
     report: dict[str, Any] = {"device": str(device), "machine": machine_info(), "quick": args.quick}
-    report["figure4"] = figure4_grid(device, batches, lengths, rounds)
-    report["ptb_training"] = ptb_training(device, rounds, args.quick)
-    report["long_sequence"] = long_sequence_training(device, rounds, args.quick)
-    report["streaming"] = streaming(device, max(rounds, 9))
+    report["figure4"] = figure4_grid(device, batches, lengths, budget)
+    report["ptb_training"] = ptb_training(device, budget, args.quick)
+    report["long_sequence"] = long_sequence_training(device, budget, args.quick)
+    report["streaming"] = streaming(device, Budget(max(budget.rounds, 9), budget.min_seconds))
     report["memory"] = training_memory(args.quick) if device.type == "cpu" else None
     _print_report(report)
     if args.json:
