@@ -12,8 +12,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 def test_main_benchmark_quick_writes_json_and_plot(tmp_path: pathlib.Path) -> None:
     report_path, plot_path = tmp_path / "bench.json", tmp_path / "grid.png"
+    command = ["-m", "torchqrnn.bench", "--quick", "--json", str(report_path), "--plot", str(plot_path)]
     result = subprocess.run(
-        [sys.executable, "-m", "torchqrnn.bench", "--quick", "--json", str(report_path), "--plot", str(plot_path)],
+        [sys.executable, *command],
         check=True,
         capture_output=True,
         text=True,
