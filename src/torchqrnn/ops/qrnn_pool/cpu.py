@@ -234,6 +234,24 @@ def _backward_serial(
         )  # fmt: skip
 
 
+@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+def _single_step(gates, h0, out, cells, hn, hidden, scale, one, output_gate, input_gate, has_h0):
+    # pragma: no cover - numba
+    """One time step of contiguous (B, G*H) gates: the streaming case, without the layout machinery."""
+    width = (2 + output_gate + input_gate) * hidden
+    o_col = 2 * hidden if output_gate else hidden
+    i_col = width - hidden if input_gate else hidden
+    for b in range(gates.shape[0]):
+        row = gates[b]
+        c = h0[b].copy() if has_h0 else np.zeros(hidden, dtype=out.dtype)
+        ones = np.ones(hidden, dtype=np.uint8)
+        _forward_row(
+            row[:hidden], row[hidden : 2 * hidden], row[o_col : o_col + hidden], row[i_col : i_col + hidden],
+            ones, c, out[b], cells[b] if output_gate else hn[b], hidden, scale, one, output_gate, input_gate,
+        )  # fmt: skip
+        hn[b] = c
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Launchers. Operands are time-major views: gates (T, B, G*H), mask / out / cells / dout (T, B, H).
 
@@ -249,6 +267,16 @@ def _keep_operand(mask: Tensor | None, steps: int, batch: int, hidden: int) -> T
 
 def _lengths_array(lengths: Tensor | None) -> np.ndarray:
     return _NO_LENGTHS if lengths is None else lengths.detach().to("cpu", torch.int64).contiguous().numpy()
+
+
+def _streaming_step(gates: Tensor, h0: Tensor | None, out: Tensor, cells: Tensor, hn: Tensor, dtype) -> bool:
+    """Whether one step can skip the layout machinery: everything contiguous and in the kernel's dtype.
+
+    A call with T = 1 (streaming, batch 1) does so little arithmetic that the generic launcher's tensor
+    views and tables would cost several times the step itself.
+    """
+    operands = [gates, out, hn] + ([cells] if cells.numel() else []) + ([] if h0 is None else [h0])
+    return all(t.dtype == dtype and t.is_contiguous() for t in operands)
 
 
 def forward(
@@ -271,6 +299,14 @@ def forward(
         hn.copy_(h0) if h0 is not None else hn.zero_()
         return
     dtype = compute_dtype(gates.dtype)
+    if steps == 1 and mask is None and lengths is None and _streaming_step(gates, h0, out, cells, hn, dtype):
+        np_dtype = np.float32 if dtype == torch.float32 else np.float64
+        step_out = out[0].numpy()
+        _single_step(
+            gates[0].numpy(), state_array(h0, dtype), step_out, cells[0].numpy() if output_gate else step_out,
+            hn.numpy(), hidden, np_dtype(scale), np_dtype(1), output_gate, input_gate, h0 is not None,
+        )  # fmt: skip
+        return
     # Write straight into the results when they suit the kernel, else into float buffers copied back after.
     out_k = out if out.dtype == dtype and out.stride(-1) == 1 else torch.empty(out.shape, dtype=dtype)
     cells_k = out_k  # without an output gate the output is the cell state
