@@ -1,4 +1,5 @@
-"""ForgetMult on a GPU: the Triton kernels against the HBM floor and the reference loop.
+"""ForgetMult and the fused QRNN pooling on a GPU: Triton kernels against the HBM floor and the reference
+loop, and a QRNN layer against cuDNN's LSTM.
 
     python benchmarks/gpu.py                     # the full table on a CUDA device
     python benchmarks/gpu.py --json out.json     # also write the results as JSON
@@ -11,6 +12,19 @@ with the chunk the heuristic would use for that many columns), and of the heuris
 reference loop (``backend="reference"``); and a large device-to-device copy. The floor is the bytes that must
 move (forward: read f, x, write h, 3 tensors of T*B*H; forward+backward: 9) over the copy's bandwidth in the
 same round; ratios are medians of per-round ratios.
+
+Then the fused ``qrnn_pool`` kernel (fo-pooling) at the PTB language model's layer shape, timed the same way
+against its own floor: forward reads the 3 gate blocks and writes the output and the cell states (5 tensors of
+T*B*H); backward reads the gates, the cells and the output gradient and writes the 3 gate gradients (8), so
+forward+backward moves 13. Beside it, the unfused layer (torch's tanh / sigmoid, the Triton ForgetMult, the
+output gate) and the reference loop.
+
+Last, the grid of the QRNN paper's Figure 4 (right): the inference speed-up of one 320-unit
+``torchqrnn.QRNN`` layer over an equal ``nn.LSTM(320, 320)`` (cuDNN) for batch x sequence length, both in
+eval mode under ``torch.no_grad()``, next to the paper's cuDNN figures (as ``python -m torchqrnn.bench``
+prints them on CPU). The caption does not give the QRNN's convolution width; this uses ``window=1``, as that
+benchmark does (``--window 2`` for the other), so the layer is one projection ``Linear(320, 3 * 320)`` and
+the fused pooling.
 """
 
 from __future__ import annotations
@@ -25,10 +39,24 @@ from collections.abc import Callable
 import torch
 
 import torchqrnn
+from torchqrnn.bench.__main__ import BATCHES, LENGTHS, PAPER_GRID
 from torchqrnn.bench.timing import CopyBandwidth, Samples, machine_info, ratio
 
 SHAPES = [(105, 20, 640), (1024, 1, 320), (64, 256, 320), (4096, 1, 1024)]
 SMOKE_SHAPES = [(40, 1, 16)]
+# The fused pooling: the PTB language model's layer (Merity et al.'s AWD-QRNN and the QRNN paper: 2 layers of
+# 640 units, batches of 20 sequences of 105 steps).
+POOL_SHAPES = [(105, 20, 640)]
+SMOKE_POOL_SHAPES = [(12, 2, 16)]
+# Figure 4 (right) of the QRNN paper: batch sizes (rows) x sequence lengths (columns), 320 units; the grid
+# and the paper's figures are the CPU benchmark's (``python -m torchqrnn.bench``), so both print the same.
+FIGURE4 = (tuple(BATCHES), tuple(LENGTHS), 320)
+SMOKE_FIGURE4 = ((2,), (4, 8), 8)
+PAPER_FIGURE4 = {
+    (batch, steps): speedup
+    for batch, row in PAPER_GRID.items()
+    for steps, speedup in zip(LENGTHS, row, strict=True)
+}
 KERNELS = ("sequential", "chunked", "auto")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # (title, width, format, result key) of the printed table
@@ -51,6 +79,22 @@ COLUMNS = [
     ("ref/auto fwd", 12, ".1f", "reference_over_auto_fwd"),
     ("ref f+b ms", 10, ".2f", "reference_fb_ms"),
     ("ref/auto f+b", 12, ".1f", "reference_over_auto_fb"),
+]
+POOL_COLUMNS = [
+    ("T, B, H", 14, "", "shape"),
+    ("GB/s", 6, ".0f", "bandwidth_gb_s"),
+    ("fused fwd ms", 12, ".3f", "fused_fwd_ms"),
+    ("x floor", 7, ".2f", "fused_fwd_over_floor"),
+    ("f+b ms", 7, ".3f", "fused_fb_ms"),
+    ("x floor", 7, ".2f", "fused_fb_over_floor"),
+    ("unfused fwd ms", 14, ".3f", "unfused_fwd_ms"),
+    ("/fused", 6, ".2f", "unfused_over_fused_fwd"),
+    ("unfused f+b ms", 14, ".3f", "unfused_fb_ms"),
+    ("/fused", 6, ".2f", "unfused_over_fused_fb"),
+    ("ref fwd ms", 10, ".2f", "reference_fwd_ms"),
+    ("/fused", 6, ".1f", "reference_over_fused_fwd"),
+    ("ref f+b ms", 10, ".2f", "reference_fb_ms"),
+    ("/fused", 6, ".1f", "reference_over_fused_fb"),
 ]
 
 
@@ -198,6 +242,127 @@ def time_shape(
     return row
 
 
+def time_pool_shape(
+    steps: int,
+    batch: int,
+    hidden: int,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    copy: DeviceCopy,
+    clock: Clock,
+    rounds: int,
+    min_seconds: float,
+) -> dict[str, float | str]:
+    """The fused fo-pooling against its floor, the unfused layer and the reference loop."""
+    from torchqrnn.ops.qrnn_pool import qrnn_pool
+
+    gates = torch.randn(steps, batch, 3 * hidden, device=device, dtype=dtype, requires_grad=True)
+    grad = torch.randn(steps, batch, hidden, device=device, dtype=dtype)
+
+    def unfused(gates: torch.Tensor) -> torch.Tensor:
+        """The layer before fusion: one kernel per activation, the ForgetMult, the output gate."""
+        z, f, o = gates.chunk(3, dim=-1)  # views of the gate blocks
+        return torch.sigmoid(o) * torchqrnn.forget_mult(torch.sigmoid(f), torch.tanh(z), backend="triton")
+
+    runs: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "fused": lambda g: qrnn_pool(g, backend="triton")[0],
+        "unfused": unfused,
+        "reference": lambda g: qrnn_pool(g, backend="reference")[0],
+    }
+
+    def forward(run: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+        def call() -> None:
+            with torch.no_grad():
+                run(gates)
+
+        return call
+
+    def forward_backward(run: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+        def call() -> None:
+            gates.grad = None
+            run(gates).backward(grad)
+
+        return call
+
+    candidates: dict[str, Callable[[], object]] = {"copy": copy}
+    for name, run in runs.items():
+        candidates[f"{name}_fwd"] = forward(run)
+        candidates[f"{name}_fb"] = forward_backward(run)
+    samples = interleaved(candidates, clock, rounds=rounds, min_seconds=min_seconds)
+
+    tensor_bytes = steps * batch * hidden * gates.element_size()
+    floor_tensors = {"fwd": 5, "fb": 5 + 8}  # see the module docstring
+    bandwidth = copy.bytes_moved / samples["copy"].median
+    row: dict[str, float | str] = {"bandwidth_gb_s": bandwidth / 1e9}
+    for stage, tensors in floor_tensors.items():
+        fused = samples[f"fused_{stage}"]
+        row[f"floor_{stage}_ms"] = tensors * tensor_bytes / bandwidth * 1e3
+        row[f"fused_{stage}_over_floor"] = copy.floor_ratio(fused, samples["copy"], tensors * tensor_bytes)
+        for name in runs:
+            row[f"{name}_{stage}_ms"] = samples[f"{name}_{stage}"].median * 1e3
+            if name != "fused":
+                row[f"{name}_over_fused_{stage}"] = ratio(samples[f"{name}_{stage}"], fused)
+    return row
+
+
+def figure4_speedups(
+    batches: tuple[int, ...],
+    steps_list: tuple[int, ...],
+    hidden: int,
+    *,
+    window: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    clock: Clock,
+    rounds: int,
+    min_seconds: float,
+) -> dict[str, float]:
+    """LSTM time over QRNN time, inference, per ``"{batch}x{steps}"``: one layer each, interleaved rounds."""
+    qrnn = torchqrnn.QRNN(hidden, hidden, window=window, backend="triton", device=device, dtype=dtype).eval()
+    lstm = torch.nn.LSTM(hidden, hidden, device=device, dtype=dtype).eval()
+    speedups = {}
+    for batch in batches:
+        for steps in steps_list:
+            x = torch.randn(steps, batch, hidden, device=device, dtype=dtype)
+
+            def run(module: torch.nn.Module, x: torch.Tensor = x) -> Callable[[], None]:
+                def call() -> None:
+                    with torch.no_grad():
+                        module(x)
+
+                return call
+
+            samples = interleaved(
+                {"lstm": run(lstm), "qrnn": run(qrnn)}, clock, rounds=rounds, min_seconds=min_seconds
+            )
+            speedups[f"{batch}x{steps}"] = ratio(samples["lstm"], samples["qrnn"])
+    return speedups
+
+
+def print_header(columns: list[tuple[str, int, str, str]]) -> None:
+    header = " | ".join(f"{title:>{width}}" for title, width, _, _ in columns)
+    print(header)
+    print("-" * len(header))
+
+
+def print_row(columns: list[tuple[str, int, str, str]], row: dict[str, float | str]) -> None:
+    print(" | ".join(f"{row[key]:>{width}{spec}}" for _, width, spec, key in columns))
+
+
+def print_figure4(speedups: dict[str, float], batches: tuple[int, ...], steps_list: tuple[int, ...]) -> None:
+    """Rows of batch sizes, columns of sequence lengths: ours, and the paper's in parentheses."""
+    corner = "batch \\ T"
+    print(f"{corner:>10} | " + " | ".join(f"{steps:>14}" for steps in steps_list))
+    for batch in batches:
+        cells = []
+        for steps in steps_list:
+            paper = PAPER_FIGURE4.get((batch, steps))
+            ours = f"{speedups[f'{batch}x{steps}']:.1f}x"
+            cells.append(ours + (f" ({paper:.1f}x)" if paper else ""))
+        print(f"{batch:>10} | " + " | ".join(f"{cell:>14}" for cell in cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -205,10 +370,11 @@ def main() -> None:
     parser.add_argument(
         "--interpret-smoke",
         action="store_true",
-        help="run end to end on CPU tensors under TRITON_INTERPRET=1 with a tiny shape (no timing value)",
+        help="run end to end on CPU tensors under TRITON_INTERPRET=1 with tiny shapes (no timing value)",
     )
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per shape")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    parser.add_argument("--window", type=int, default=1, help="the QRNN layer's window in the Figure 4 grid")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
 
@@ -216,10 +382,12 @@ def main() -> None:
         if os.environ.get("TRITON_INTERPRET") != "1":
             parser.error("--interpret-smoke runs the kernels in Triton's interpreter: set TRITON_INTERPRET=1")
         device, shapes, rounds, min_seconds, megabytes = torch.device("cpu"), SMOKE_SHAPES, 2, 0.0, 1
+        pool_shapes, (batches, steps_list, units) = SMOKE_POOL_SHAPES, SMOKE_FIGURE4
     else:
         if not torch.cuda.is_available():
             parser.error("expected a CUDA device, got none (use --interpret-smoke for a CPU run)")
         device, shapes, rounds, min_seconds, megabytes = torch.device("cuda"), SHAPES, 15, 0.02, 512
+        pool_shapes, (batches, steps_list, units) = POOL_SHAPES, FIGURE4
     rounds = args.rounds or rounds
     dtype = DTYPES[args.dtype]
     clock, copy = Clock(device), DeviceCopy(megabytes, device)
@@ -227,6 +395,8 @@ def main() -> None:
     probe = torch.rand(2, 1, 1, device=device)
     torchqrnn.forget_mult(probe, probe, backend="triton")  # import Triton before recording versions
     info = machine_info()
+    if device.type == "cuda":
+        info["cudnn"] = torch.backends.cudnn.version()
     print(f"# ForgetMult, Triton kernels on {info['cuda'] or info['cpu']}; {args.dtype}; {info['versions']}")
     print(
         "# times: medians of interleaved rounds; x floor: median per-round ratio to the bytes that must move"
@@ -234,9 +404,7 @@ def main() -> None:
     print(
         "# (fwd 3, f+b 9 tensors of T*B*H) at the bandwidth of a large device copy timed in the same rounds"
     )
-    header = " | ".join(f"{title:>{width}}" for title, width, _, _ in COLUMNS)
-    print(header)
-    print("-" * len(header))
+    print_header(COLUMNS)
     results = {}
     for steps, batch, hidden in shapes:
         row = {
@@ -254,7 +422,49 @@ def main() -> None:
             ),
         }
         results[f"{steps}x{batch}x{hidden}"] = row
-        print(" | ".join(f"{row[key]:>{width}{spec}}" for _, width, spec, key in COLUMNS))
+        print_row(COLUMNS, row)
+
+    print()
+    print("# qrnn_pool, fused fo-pooling (Triton) against its floor (fwd 5, f+b 13 tensors of T*B*H), the")
+    print("# unfused layer (torch activations + Triton ForgetMult + output gate) and the reference loop")
+    print_header(POOL_COLUMNS)
+    pool_results = {}
+    for steps, batch, hidden in pool_shapes:
+        row = {
+            "shape": f"{steps}, {batch}, {hidden}",
+            **time_pool_shape(
+                steps,
+                batch,
+                hidden,
+                dtype=dtype,
+                device=device,
+                copy=copy,
+                clock=clock,
+                rounds=rounds,
+                min_seconds=min_seconds,
+            ),
+        }
+        pool_results[f"{steps}x{batch}x{hidden}"] = row
+        print_row(POOL_COLUMNS, row)
+
+    print()
+    lstm = f"cuDNN {info['cudnn']}" if device.type == "cuda" else "CPU"
+    print(f"# QRNN paper, Figure 4 (right): inference speed-up of one {units}-unit QRNN layer (window")
+    print(
+        f"# {args.window}) over nn.LSTM({units}, {units}) on {lstm}; the paper's (cuDNN, 2016) in parentheses"
+    )
+    speedups = figure4_speedups(
+        batches,
+        steps_list,
+        units,
+        window=args.window,
+        dtype=dtype,
+        device=device,
+        clock=clock,
+        rounds=rounds,
+        min_seconds=min_seconds,
+    )
+    print_figure4(speedups, batches, steps_list)
     if args.json:
         with open(args.json, "w") as out:
             json.dump(
@@ -263,6 +473,13 @@ def main() -> None:
                     "dtype": args.dtype,
                     "interpreted": args.interpret_smoke,
                     "shapes": results,
+                    "qrnn_pool": pool_results,
+                    "figure4": {
+                        "hidden": units,
+                        "window": args.window,
+                        "lstm_time_over_qrnn_time": speedups,
+                        "paper": {f"{b}x{t}": v for (b, t), v in PAPER_FIGURE4.items()},
+                    },
                 },
                 out,
                 indent=2,

@@ -311,11 +311,20 @@ def test_gpu_benchmark_runs_under_the_interpreter(tmp_path: Path) -> None:
         timeout=120,
     )
     assert "x floor" in result.stdout and "sequential" in result.stdout
-    rows = json.loads(report.read_text())["shapes"]
+    results = json.loads(report.read_text())
+    rows = results["shapes"]
     assert rows, result.stdout
     for row in rows.values():
         for kernel in ("sequential", "chunked", "auto"):
             assert row[f"{kernel}_fwd_ms"] > 0 and row[f"{kernel}_fb_over_floor"] > 0
+    # the fused qrnn_pool section and the QRNN paper's Figure 4 grid (QRNN layer against nn.LSTM)
+    assert "qrnn_pool" in result.stdout and "Figure 4" in result.stdout
+    assert results["qrnn_pool"], result.stdout
+    for row in results["qrnn_pool"].values():
+        for stage in ("fwd", "fb"):
+            assert row[f"fused_{stage}_over_floor"] > 0 and row[f"unfused_over_fused_{stage}"] > 0
+    speedups = results["figure4"]["lstm_time_over_qrnn_time"]
+    assert len(speedups) == 2 and all(value > 0 for value in speedups.values())
 
 
 _GPU_CHECK = """

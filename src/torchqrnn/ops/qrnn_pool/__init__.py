@@ -37,7 +37,7 @@ from .reference import qrnn_pool_reference
 __all__ = ["qrnn_pool", "qrnn_pool_reference"]
 
 # The kernel backends this op has (a module of that name beside this file).
-KERNELS = ("cpu",)
+KERNELS = ("cpu", "triton")
 
 
 def gate_count(output_gate: bool, input_gate: bool) -> int:
@@ -319,5 +319,9 @@ def qrnn_pool(
         out, hn, _ = torch.ops.torchqrnn.qrnn_pool(
             gates, h0, forget_mask, forget_scale, lengths, *options, chosen
         )
+        return out, hn
+    if not torch.is_grad_enabled() or not (gates.requires_grad or (h0 is not None and h0.requires_grad)):
+        # inference (streaming above all) skips the autograd machinery: nothing is saved or recorded
+        out, hn, _ = _qrnn_pool_impl(gates, h0, forget_mask, forget_scale, lengths, *options, chosen)
         return out, hn
     return _QRNNPoolFunction.apply(gates, h0, forget_mask, forget_scale, lengths, *options, chosen)
