@@ -7,6 +7,7 @@ import importlib
 import pytest
 import torch
 
+from torchqrnn.ops import _dispatch
 from torchqrnn.ops._dispatch import kernel_module, resolve_backend
 
 
@@ -33,6 +34,7 @@ def test_a_broken_kernel_module_is_not_reported_as_a_missing_package(monkeypatch
         raise ImportError(f"cannot import name 'x' from {name}")
 
     monkeypatch.setattr(importlib, "import_module", broken)
+    monkeypatch.setattr(_dispatch, "_kernel_modules", {})
     with pytest.raises(ImportError, match=r"cannot import name 'x' from torchqrnn\.ops\.forget_mult\.cpu"):
         kernel_module("torchqrnn.ops.forget_mult", "cpu")
     with pytest.raises(ImportError, match=r"torchqrnn\.ops\.forget_mult\.elsewhere"):

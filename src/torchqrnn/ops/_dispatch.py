@@ -65,10 +65,17 @@ def resolve_backend(backend: str, device: torch.device, kernels: tuple[str, ...]
     return backend
 
 
+_kernel_modules: dict[tuple[str, str], ModuleType] = {}
+
+
 def kernel_module(op_package: str, backend: str) -> ModuleType:
     """The module of ``op_package`` holding a kernel backend's launchers, imported on first use."""
+    module = _kernel_modules.get((op_package, backend))
+    if module is not None:  # the import machinery costs microseconds even for a loaded module
+        return module
     try:
-        return importlib.import_module(f"{op_package}.{backend}")
+        module = _kernel_modules[op_package, backend] = importlib.import_module(f"{op_package}.{backend}")
+        return module
     except ImportError as error:
         package = {"cpu": "numba", "triton": "triton"}.get(backend)
         if package is None or importlib.util.find_spec(package) is not None:

@@ -16,7 +16,17 @@ import torch
 from numba import njit, prange
 from torch import Tensor
 
-from .._cpu import compute_dtype, flat, layout_rows, schedule, sigmoid, state_array, tanh, unit_last_stride
+from .._cpu import (
+    NO_STATE,
+    compute_dtype,
+    flat,
+    layout_rows,
+    schedule,
+    sigmoid,
+    state_array,
+    tanh,
+    unit_last_stride,
+)
 
 # Rows of the layout table, one per operand.
 _GATES, _MASK, _OUT, _CELLS, _DOUT, _DGATES = range(6)
@@ -269,14 +279,17 @@ def _lengths_array(lengths: Tensor | None) -> np.ndarray:
     return _NO_LENGTHS if lengths is None else lengths.detach().to("cpu", torch.int64).contiguous().numpy()
 
 
+_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
 def _streaming_step(gates: Tensor, h0: Tensor | None, out: Tensor, cells: Tensor, hn: Tensor, dtype) -> bool:
     """Whether one step can skip the layout machinery: everything contiguous and in the kernel's dtype.
 
     A call with T = 1 (streaming, batch 1) does so little arithmetic that the generic launcher's tensor
     views and tables would cost several times the step itself.
     """
-    operands = [gates, out, hn] + ([cells] if cells.numel() else []) + ([] if h0 is None else [h0])
-    return all(t.dtype == dtype and t.is_contiguous() for t in operands)
+    operands = (gates, out, hn, cells, h0)
+    return all(t is None or (t.dtype == dtype and t.is_contiguous()) for t in operands)
 
 
 def forward(
@@ -300,11 +313,11 @@ def forward(
         return
     dtype = compute_dtype(gates.dtype)
     if steps == 1 and mask is None and lengths is None and _streaming_step(gates, h0, out, cells, hn, dtype):
-        np_dtype = np.float32 if dtype == torch.float32 else np.float64
-        step_out = out[0].numpy()
+        step_out = out.numpy()[0]
         _single_step(
-            gates[0].numpy(), state_array(h0, dtype), step_out, cells[0].numpy() if output_gate else step_out,
-            hn.numpy(), hidden, np_dtype(scale), np_dtype(1), output_gate, input_gate, h0 is not None,
+            gates.numpy()[0], NO_STATE[dtype] if h0 is None else h0.numpy(), step_out,
+            cells.numpy()[0] if output_gate else step_out, hn.numpy(), hidden, _NP_DTYPES[dtype](scale),
+            _NP_DTYPES[dtype](1), output_gate, input_gate, h0 is not None,
         )  # fmt: skip
         return
     # Write straight into the results when they suit the kernel, else into float buffers copied back after.
