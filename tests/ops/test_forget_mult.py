@@ -337,8 +337,11 @@ def test_triton_on_cpu_needs_the_interpreter(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_missing_numba_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchqrnn.ops import _dispatch
+
     monkeypatch.setitem(sys.modules, "numba", None)
     monkeypatch.delitem(sys.modules, "torchqrnn.ops.forget_mult.cpu", raising=False)
+    monkeypatch.setattr(_dispatch, "_kernel_modules", {})
     f, x, _ = make_inputs(3, 1, 2, requires_grad=False)
     with pytest.raises(ImportError, match="pip install numba"):
         forget_mult(f, x, backend="cpu")

@@ -90,9 +90,10 @@ def _forget_mult_impl(
     f: Tensor, x: Tensor, h0: Tensor | None, batch_first: bool, reverse: bool, backend: str
 ) -> Tensor:
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    kernel_module(backend).forward(
-        time_major(f, batch_first), time_major(x, batch_first), h0, time_major(out, batch_first), reverse
-    )
+    if x.numel():  # the kernels see non-empty tensors only
+        kernel_module(backend).forward(
+            time_major(f, batch_first), time_major(x, batch_first), h0, time_major(out, batch_first), reverse
+        )
     return out
 
 
@@ -106,6 +107,11 @@ def _forget_mult_fake(
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
+def _new_grads(x: Tensor, batch_first: bool) -> tuple[Tensor, Tensor, Tensor]:
+    new = functools.partial(torch.empty, dtype=x.dtype, device=x.device)
+    return new(x.shape), new(x.shape), new(_state_shape(x, batch_first))
+
+
 def _forget_mult_backward_impl(
     grad: Tensor,
     f: Tensor,
@@ -116,9 +122,10 @@ def _forget_mult_backward_impl(
     reverse: bool,
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    df = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    dh0 = torch.empty(_state_shape(x, batch_first), dtype=x.dtype, device=x.device)
+    df, dx, dh0 = _new_grads(x, batch_first)
+    if x.numel() == 0:  # the kernels see non-empty tensors only
+        dh0.zero_()
+        return df, dx, dh0
     kernel_module(backend).backward(
         *(time_major(t, batch_first) for t in (grad, f, x, out)),
         h0,
@@ -144,9 +151,7 @@ def _forget_mult_backward_fake(
     reverse: bool,
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    state = torch.empty(_state_shape(x, batch_first), dtype=x.dtype, device=x.device)
-    like_x = functools.partial(torch.empty, x.shape, dtype=x.dtype, device=x.device)
-    return like_x(), like_x(), state
+    return _new_grads(x, batch_first)
 
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:

@@ -147,8 +147,6 @@ def _flatten_batch(operands: list[Tensor], h0: Tensor | None) -> tuple[list[Tens
 def forward(f: Tensor, x: Tensor, h0: Tensor | None, out: Tensor, reverse: bool) -> None:
     """Write the ForgetMult of ``(T, B, H)`` views ``f``, ``x`` into ``out`` (same shape, any strides)."""
     steps = x.shape[0]
-    if out.numel() == 0:
-        return
     dtype = compute_dtype(x.dtype)
     target = out if out.dtype == dtype and out.stride(-1) == 1 else torch.empty(out.shape, dtype=dtype)
     operands = [unit_last_stride(f, dtype), unit_last_stride(x, dtype), target]
@@ -185,10 +183,7 @@ def backward(
 
     ``out`` is the forward result and ``dout`` the incoming gradient, both of any strides (stride 0 too).
     """
-    steps, batch, hidden = x.shape
-    if steps == 0 or batch * hidden == 0:
-        dh0.zero_()
-        return
+    steps = x.shape[0]
     dtype = compute_dtype(x.dtype)
     targets = [
         t if t.dtype == dtype and t.stride(-1) == 1 else torch.empty(t.shape, dtype=dtype)

@@ -452,8 +452,6 @@ def forward(f: Tensor, x: Tensor, h0: Tensor | None, out: Tensor, reverse: bool)
     ``h0`` is ``(B, H)`` of any strides, or ``None`` for zeros.
     """
     steps, batch, hidden = x.shape
-    if out.numel() == 0:
-        return
     row0, dstep = (steps - 1, -1) if reverse else (0, 1)
     block_h = _block_h(hidden)
     chunk = choose_chunk(steps, batch, hidden)
@@ -504,9 +502,6 @@ def backward(
     the kernels read through the strides, so an expanded gradient is read in place).
     """
     steps, batch, hidden = x.shape
-    if steps == 0 or batch * hidden == 0:
-        dh0.zero_()
-        return
     # The backward walks against the forward: from the forward's last row towards its first.
     row0, dstep = (0, 1) if reverse else (steps - 1, -1)
     block_h = _block_h(hidden)

@@ -122,6 +122,19 @@ def _forward_shapes(gates: Tensor, output_gate: bool, input_gate: bool, batch_fi
     return (*gates.shape[:2], hidden), (batch, hidden)
 
 
+def _new_outputs(gates: Tensor, output_gate: bool, input_gate: bool, batch_first: bool):
+    """``(output, final state, cells)``; cells is empty without an output gate (the output is the cells)."""
+    out_shape, state_shape = _forward_shapes(gates, output_gate, input_gate, batch_first)
+    new = functools.partial(torch.empty, dtype=gates.dtype, device=gates.device)
+    return new(out_shape), new(state_shape), new(out_shape if output_gate else (0,))
+
+
+def _new_grads(gates: Tensor, output_gate: bool, input_gate: bool, batch_first: bool):
+    _, state_shape = _forward_shapes(gates, output_gate, input_gate, batch_first)
+    new = functools.partial(torch.empty, dtype=gates.dtype, device=gates.device)
+    return new(gates.shape), new(state_shape)
+
+
 def _qrnn_pool_impl(
     gates: Tensor,
     h0: Tensor | None,
@@ -134,9 +147,10 @@ def _qrnn_pool_impl(
     reverse: bool,
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    out_shape, state_shape = _forward_shapes(gates, output_gate, input_gate, batch_first)
-    new = functools.partial(torch.empty, dtype=gates.dtype, device=gates.device)
-    out, hn, cells = new(out_shape), new(state_shape), new(out_shape if output_gate else (0,))
+    out, hn, cells = _new_outputs(gates, output_gate, input_gate, batch_first)
+    if out.numel() == 0:  # the kernels see non-empty tensors only; an empty sequence keeps its state
+        hn.copy_(h0) if h0 is not None else hn.zero_()
+        return out, hn, cells
     kernel_module(__name__, backend).forward(
         time_major(gates, batch_first),
         h0,
@@ -165,9 +179,7 @@ def _qrnn_pool_fake(
     reverse: bool,
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    out_shape, state_shape = _forward_shapes(gates, output_gate, input_gate, batch_first)
-    new = functools.partial(torch.empty, dtype=gates.dtype, device=gates.device)
-    return new(out_shape), new(state_shape), new(out_shape if output_gate else (0,))
+    return _new_outputs(gates, output_gate, input_gate, batch_first)
 
 
 def _qrnn_pool_backward_impl(
@@ -185,9 +197,11 @@ def _qrnn_pool_backward_impl(
     reverse: bool,
     backend: str,
 ) -> tuple[Tensor, Tensor]:
-    _, state_shape = _forward_shapes(gates, output_gate, input_gate, batch_first)
-    dgates = torch.empty(gates.shape, dtype=gates.dtype, device=gates.device)
-    dh0 = torch.empty(state_shape, dtype=gates.dtype, device=gates.device)
+    dgates, dh0 = _new_grads(gates, output_gate, input_gate, batch_first)
+    if cells.numel() == 0:  # nothing to walk: the final state was the initial one
+        dgates.zero_()
+        dh0.copy_(grad_hn) if grad_hn is not None else dh0.zero_()
+        return dgates, dh0
     kernel_module(__name__, backend).backward(
         time_major(grad_out, batch_first),
         grad_hn,
@@ -208,9 +222,7 @@ def _qrnn_pool_backward_impl(
 
 def _qrnn_pool_backward_fake(grad_out: Tensor, grad_hn: Tensor | None, gates: Tensor, *rest: Any):
     output_gate, input_gate, batch_first = rest[5], rest[6], rest[7]
-    _, state_shape = _forward_shapes(gates, output_gate, input_gate, batch_first)
-    new = functools.partial(torch.empty, dtype=gates.dtype, device=gates.device)
-    return new(gates.shape), new(state_shape)
+    return _new_grads(gates, output_gate, input_gate, batch_first)
 
 
 torch.library.impl("torchqrnn::qrnn_pool", "CompositeExplicitAutograd", _qrnn_pool_impl)

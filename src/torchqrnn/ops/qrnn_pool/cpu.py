@@ -308,9 +308,6 @@ def forward(
     """Write the pooled ``out`` (T, B, H), the final state ``hn`` (B, H) and, with an output gate only, the
     ``cells`` (T, B, H) that the backward pass reads (without one, ``out`` is the cell state)."""
     steps, batch, hidden = out.shape
-    if steps == 0 or batch * hidden == 0:
-        hn.copy_(h0) if h0 is not None else hn.zero_()
-        return
     dtype = compute_dtype(gates.dtype)
     if steps == 1 and mask is None and lengths is None and _streaming_step(gates, h0, out, cells, hn, dtype):
         step_out = out.numpy()[0]
@@ -372,10 +369,6 @@ def backward(
     the gradient of the output (any strides, stride 0 too) and ``dhn`` that of the final state, or None.
     """
     steps, batch, hidden = cells.shape
-    if steps == 0 or batch * hidden == 0:
-        dgates.zero_()
-        dh0.copy_(dhn) if dhn is not None else dh0.zero_()
-        return
     dtype = compute_dtype(gates.dtype)
     dgates_target = (
         dgates if dgates.dtype == dtype and dgates.stride(-1) == 1 else torch.empty(dgates.shape, dtype=dtype)

@@ -396,9 +396,6 @@ def forward(
     """Write the pooled ``out`` (T, B, H), the final state ``hn`` (B, H) and, with an output gate only, the
     ``cells`` (T, B, H) that the backward pass reads (without one, ``out`` is the cell state)."""
     steps, batch, hidden = out.shape
-    if steps == 0 or batch * hidden == 0:
-        hn.copy_(h0) if h0 is not None else hn.zero_()
-        return
     keep = _keep_operand(mask)
     lengths = _lengths_operand(lengths, gates)
     cells_k = (
@@ -459,10 +456,6 @@ def backward(
     state, or None.
     """
     steps, batch, hidden = cells.shape
-    if steps == 0 or batch * hidden == 0:
-        dgates.zero_()
-        dh0.copy_(dhn) if dhn is not None else dh0.zero_()
-        return
     keep = _keep_operand(mask)
     lengths = _lengths_operand(lengths, gates)
     block_h = _block_h(hidden)
