@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -238,7 +238,10 @@ class QRNN(nn.Module):
                     "QRNN: a saved window context (save_prev_x) cannot continue into a PackedSequence of "
                     "different lengths; call reset() first or pass a padded tensor"
                 )
-            x, lengths = unpack(input, self.input_size, self.batch_first, "QRNN")
+            x, host_lengths = unpack(input, self.input_size, self.batch_first, "QRNN")
+            # once, rather than in every layer and direction, forward and backward: the kernels read lengths
+            # on the input's device (packing the output needs them on the host)
+            lengths = host_lengths.to(x.device, non_blocking=True)
             batch_first, unbatched = self.batch_first, False
         else:
             check_input(input, self.input_size, first.linear.weight, "QRNN")
@@ -268,8 +271,7 @@ class QRNN(nn.Module):
 
         h_n = torch.stack(finals)
         if isinstance(input, PackedSequence):
-            assert lengths is not None
-            return pack_like(x, lengths, input, batch_first), h_n, new_contexts
+            return pack_like(x, host_lengths, input, batch_first), h_n, new_contexts
         if unbatched:
             return x.squeeze(1), h_n.squeeze(1), [c.squeeze(1) for c in new_contexts]
         return x, h_n, new_contexts
@@ -289,6 +291,34 @@ class QRNN(nn.Module):
         if h0.device != x.device:
             raise RuntimeError(f"QRNN: expected h0 on {x.device} (the input's), got {h0.device}")
         return h0.unsqueeze(1) if unbatched else h0
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        if self.bidirectional:
+            self._check_not_two_towers(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _check_not_two_towers(self, state_dict: dict[str, Tensor], prefix: str) -> None:
+        """A fastai bidirectional checkpoint's layers >= 1 read H features where ours read 2H: say why."""
+        for name in ("layers", "layers_bwd"):
+            for depth, layer in enumerate(getattr(self, name)):
+                weight = state_dict.get(f"{prefix}{name}.{depth}.linear.weight")
+                if depth == 0 or not isinstance(weight, Tensor) or weight.dim() != 2:
+                    continue
+                if weight.shape[1] != layer.window * self.hidden_size:  # not a tower's: window x H inputs
+                    continue
+                raise RuntimeError(
+                    f"QRNN: cannot load this checkpoint: {prefix}{name}.{depth}.linear.weight has "
+                    f"{weight.shape[1]} input columns (window {layer.window} x {self.hidden_size} features), "
+                    f"expected {layer.window * layer.input_size} "
+                    f"(window {layer.window} x {layer.input_size}). "
+                    "It looks like fastai's bidirectional QRNN, which ran two independent towers: its layer "
+                    "l + 1 of each direction read only that direction's hidden_size features. torchqrnn's "
+                    "bidirectional layers, like nn.GRU's, read both directions of the layer below "
+                    f"(2 x {self.hidden_size} features), so the weights of layers >= 1 cannot be reused. "
+                    "Single-layer bidirectional checkpoints and unidirectional ones load unchanged."
+                )
 
     def extra_repr(self) -> str:
         text = f"{self.input_size}, {self.hidden_size}"

@@ -85,12 +85,15 @@ def _check_inputs(
         lengths = check_tensor(owner, "lengths", lengths)
         if lengths.shape != (batch,) or lengths.dtype not in (torch.int64, torch.int32):
             raise ValueError(
-                f"{owner}: expected lengths to be an int64 tensor of shape ({batch},), "
+                f"{owner}: expected lengths to be an int64 (or int32) tensor of shape ({batch},), "
                 f"got {lengths.dtype} of shape {shape_str(lengths)}"
             )
-        # A data-dependent check: skipped while tracing (the kernels clamp lengths into [0, T] anyway).
+        # A check of the values reads them on the host: done for host lengths (a PackedSequence's), skipped
+        # for device lengths (a host read would synchronise, and break CUDA-graph capture) and while tracing.
+        # The kernels clamp lengths into [0, T] either way.
         if (
             batch
+            and lengths.device.type == "cpu"
             and not torch.compiler.is_compiling()
             and (int(lengths.min()) < 0 or int(lengths.max()) > steps)
         ):
