@@ -60,7 +60,9 @@ def check_inputs(
     if h0 is not None:
         expected = (x.shape[-1],) if x.dim() == 2 else _state_shape(x, batch_first)
         what = "unbatched" if x.dim() == 2 else f"batch_first={batch_first}"
-        h0 = check_state("forget_mult", "h0", h0, expected, x, f"x of shape {shape_str(x)} ({what})")
+        # str() of a symbolic size is a graph break under dynamic shapes: name the shape in eager mode only
+        of_shape = "" if torch.compiler.is_compiling() else f" of shape {shape_str(x)}"
+        h0 = check_state("forget_mult", "h0", h0, expected, x, f"x{of_shape} ({what})")
     check_backend("forget_mult", backend)
     return f, x, h0
 
