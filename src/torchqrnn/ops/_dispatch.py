@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 import os
 import warnings
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
@@ -97,12 +98,16 @@ def check_tensor(owner: str, name: str, value: object) -> Tensor:
 
 
 def check_state(
-    owner: str, name: str, state: object, expected: tuple[int, ...], like: Tensor, what: str
+    owner: str, name: str, state: object, expected: tuple[int, ...], like: Tensor, what: Callable[[], str]
 ) -> Tensor:
-    """A state tensor must have the ``expected`` shape and the dtype and device of ``like``."""
+    """A state tensor must have the ``expected`` shape and the dtype and device of ``like``.
+
+    ``what`` describes the tensor the shape follows from; it is called only to word an error, since
+    formatting shapes costs microseconds on every call and is a graph break under dynamic shapes.
+    """
     state = check_tensor(owner, name, state)
     if tuple(state.shape) != expected:
-        raise ValueError(f"{owner}: expected {name} of shape {expected} for {what}, got {shape_str(state)}")
+        raise ValueError(f"{owner}: expected {name} of shape {expected} for {what()}, got {shape_str(state)}")
     if state.dtype != like.dtype:
         raise RuntimeError(f"{owner}: expected {name} to have the dtype {like.dtype}, got {state.dtype}")
     if state.device != like.device:

@@ -59,10 +59,10 @@ def check_inputs(
         raise RuntimeError(f"forget_mult: expected f on the device of x ({x.device}), got {f.device}")
     if h0 is not None:
         expected = (x.shape[-1],) if x.dim() == 2 else _state_shape(x, batch_first)
-        what = "unbatched" if x.dim() == 2 else f"batch_first={batch_first}"
-        # str() of a symbolic size is a graph break under dynamic shapes: name the shape in eager mode only
-        of_shape = "" if torch.compiler.is_compiling() else f" of shape {shape_str(x)}"
-        h0 = check_state("forget_mult", "h0", h0, expected, x, f"x{of_shape} ({what})")
+        layout = "unbatched" if x.dim() == 2 else f"batch_first={batch_first}"
+        h0 = check_state(
+            "forget_mult", "h0", h0, expected, x, lambda: f"x of shape {shape_str(x)} ({layout})"
+        )
     check_backend("forget_mult", backend)
     return f, x, h0
 

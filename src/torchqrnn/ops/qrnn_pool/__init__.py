@@ -71,9 +71,9 @@ def _check_inputs(
     hidden = gates.shape[-1] // count
     steps, batch = (gates.shape[1], gates.shape[0]) if batch_first else gates.shape[:2]
     if h0 is not None:
-        # str() of a symbolic size is a graph break under dynamic shapes: name the shape in eager mode only
-        of_shape = "" if torch.compiler.is_compiling() else f" of shape {shape_str(gates)}"
-        h0 = check_state(owner, "h0", h0, (batch, hidden), gates, f"gates{of_shape}")
+        h0 = check_state(
+            owner, "h0", h0, (batch, hidden), gates, lambda: f"gates of shape {shape_str(gates)}"
+        )
     if forget_mask is not None:
         forget_mask = check_tensor(owner, "forget_mask", forget_mask)
         expected = (*gates.shape[:2], hidden)
