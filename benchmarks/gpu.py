@@ -35,6 +35,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -346,6 +347,23 @@ def print_header(columns: list[tuple[str, int, str, str]]) -> None:
     print("-" * len(header))
 
 
+def print_table(
+    columns: list[tuple[str, int, str, str]],
+    shapes: list[tuple[int, int, int]],
+    time_fn: Callable[..., dict[str, float | str]],
+    timing: dict[str, Any],
+) -> dict[str, dict[str, float | str]]:
+    """Time every (T, B, H) with ``time_fn``, printing one row each; the rows by ``TxBxH``."""
+    print_header(columns)
+    results: dict[str, dict[str, float | str]] = {}
+    for steps, batch, hidden in shapes:
+        row: dict[str, float | str] = {"shape": f"{steps}, {batch}, {hidden}"}
+        row.update(time_fn(steps, batch, hidden, **timing))
+        results[f"{steps}x{batch}x{hidden}"] = row
+        print_row(columns, row)
+    return results
+
+
 def print_row(columns: list[tuple[str, int, str, str]], row: dict[str, float | str]) -> None:
     print(" | ".join(f"{row[key]:>{width}{spec}}" for _, width, spec, key in columns))
 
@@ -404,48 +422,12 @@ def main() -> None:
     print(
         "# (fwd 3, f+b 9 tensors of T*B*H) at the bandwidth of a large device copy timed in the same rounds"
     )
-    print_header(COLUMNS)
-    results = {}
-    for steps, batch, hidden in shapes:
-        row = {
-            "shape": f"{steps}, {batch}, {hidden}",
-            **time_shape(
-                steps,
-                batch,
-                hidden,
-                dtype=dtype,
-                device=device,
-                copy=copy,
-                clock=clock,
-                rounds=rounds,
-                min_seconds=min_seconds,
-            ),
-        }
-        results[f"{steps}x{batch}x{hidden}"] = row
-        print_row(COLUMNS, row)
-
+    timing = dict(dtype=dtype, device=device, copy=copy, clock=clock, rounds=rounds, min_seconds=min_seconds)
+    results = print_table(COLUMNS, shapes, time_shape, timing)
     print()
     print("# qrnn_pool, fused fo-pooling (Triton) against its floor (fwd 5, f+b 13 tensors of T*B*H), the")
     print("# unfused layer (torch activations + Triton ForgetMult + output gate) and the reference loop")
-    print_header(POOL_COLUMNS)
-    pool_results = {}
-    for steps, batch, hidden in pool_shapes:
-        row = {
-            "shape": f"{steps}, {batch}, {hidden}",
-            **time_pool_shape(
-                steps,
-                batch,
-                hidden,
-                dtype=dtype,
-                device=device,
-                copy=copy,
-                clock=clock,
-                rounds=rounds,
-                min_seconds=min_seconds,
-            ),
-        }
-        pool_results[f"{steps}x{batch}x{hidden}"] = row
-        print_row(POOL_COLUMNS, row)
+    pool_results = print_table(POOL_COLUMNS, pool_shapes, time_pool_shape, timing)
 
     print()
     lstm = f"cuDNN {info['cudnn']}" if device.type == "cuda" else "CPU"
