@@ -1,6 +1,8 @@
-"""The projection: oneDNN and F.linear give the same values and gradients; the choice is honoured."""
+"""The projection: any mix of oneDNN and MKL products gives F.linear's values and gradients; choices hold."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
@@ -12,13 +14,20 @@ from torchqrnn.ops import linear as projection
 needs_onednn = pytest.mark.skipif(
     not projection._onednn_available(), reason="this PyTorch build has no oneDNN"
 )
+PRODUCTS = ("forward", "input_grad", "weight_grad")
+
+
+def use_choice(monkeypatch: pytest.MonkeyPatch, choice: dict[str, str]) -> None:
+    monkeypatch.setattr(projection, "_setting", "auto")
+    monkeypatch.setattr(projection, "_probed", choice)
+    monkeypatch.setattr(projection, "ONEDNN_MIN_ROWS", 1)
 
 
 @needs_onednn
+@pytest.mark.parametrize("libraries", list(itertools.product(("onednn", "linear"), repeat=3)))
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_onednn_matches_f_linear(monkeypatch: pytest.MonkeyPatch, with_bias: bool) -> None:
-    monkeypatch.setattr(projection, "_setting", "onednn")
-    monkeypatch.setattr(projection, "ONEDNN_MIN_ROWS", 1)
+def test_every_mix_matches_f_linear(monkeypatch: pytest.MonkeyPatch, libraries, with_bias: bool) -> None:
+    use_choice(monkeypatch, dict(zip(PRODUCTS, libraries, strict=True)))
     source = torch.randn(9, 2, 7, 3).transpose(1, 2)  # awkward: 4-D, non-contiguous, odd sizes
     weights = [torch.randn(13, 3), torch.randn(13) if with_bias else None]
     results = []
@@ -38,9 +47,8 @@ def test_layer_results_do_not_depend_on_the_gemm(monkeypatch: pytest.MonkeyPatch
     qrnn = QRNN(6, 8, num_layers=2, window=2, bidirectional=True)
     x = torch.randn(5, 3, 6)
     results = []
-    monkeypatch.setattr(projection, "ONEDNN_MIN_ROWS", 1)
-    for choice in ("onednn", "linear"):
-        monkeypatch.setattr(projection, "_setting", choice)
+    for library in ("onednn", "linear"):
+        use_choice(monkeypatch, dict.fromkeys(PRODUCTS, library))
         qrnn.zero_grad()
         out, h_n = qrnn(x)
         (out.sum() + h_n.sum()).backward()
@@ -52,7 +60,7 @@ def test_layer_results_do_not_depend_on_the_gemm(monkeypatch: pytest.MonkeyPatch
 def test_choice_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(projection, "_setting", None)
     monkeypatch.setenv("TORCHQRNN_CPU_GEMM", "linear")
-    assert projection.cpu_gemm() == "linear"
+    assert projection.cpu_gemm() == dict.fromkeys(PRODUCTS, "linear")
     monkeypatch.setenv("TORCHQRNN_CPU_GEMM", "fast")
     with pytest.raises(ValueError, match="TORCHQRNN_CPU_GEMM: expected one of"):
         projection.cpu_gemm()
@@ -60,14 +68,15 @@ def test_choice_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
         projection.set_cpu_gemm("mkl")
     monkeypatch.setenv("TORCHQRNN_CPU_GEMM", "auto")
     monkeypatch.setattr(projection, "_probed", None)
-    assert projection.cpu_gemm() in ("onednn", "linear")  # the probe ran and decided
-    assert projection._probed == projection.cpu_gemm()
+    verdict = projection.cpu_gemm()  # the probe runs once and decides each product
+    assert set(verdict) == set(PRODUCTS) and set(verdict.values()) <= {"onednn", "linear"}
+    assert projection._probed is verdict and projection.cpu_gemm() is verdict
 
 
 def test_plain_linear_where_onednn_does_not_apply(monkeypatch: pytest.MonkeyPatch) -> None:
-    """float64, the reference backend, autocast and small products all take F.linear itself."""
+    """float64, small products, the reference backend, autocast and an all-MKL verdict take F.linear."""
     calls = []
-    monkeypatch.setattr(projection._OneDNNLinear, "apply", lambda *a: calls.append(a))
+    monkeypatch.setattr(projection._Projection, "apply", lambda *a: calls.append(a))
     monkeypatch.setattr(projection, "_setting", "onednn")
     projection.linear(torch.randn(3, 4), torch.randn(5, 4), None)  # 3 rows: below ONEDNN_MIN_ROWS
     monkeypatch.setattr(projection, "ONEDNN_MIN_ROWS", 1)
@@ -76,4 +85,6 @@ def test_plain_linear_where_onednn_does_not_apply(monkeypatch: pytest.MonkeyPatc
     projection.linear(x.float(), w.float(), None, backend="reference")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         projection.linear(x.float(), w.float(), None)
+    monkeypatch.setattr(projection, "_setting", "linear")
+    projection.linear(x.float(), w.float(), None)
     assert calls == []
