@@ -14,6 +14,7 @@ cannot prove ``o + j`` non-negative and adds wraparound checks that block vector
 from __future__ import annotations
 
 import math
+import threading
 
 import numba
 import numpy as np
@@ -67,13 +68,28 @@ def layout_rows(operands: list[Tensor], steps: int, walk_backwards: bool) -> np.
     return np.array(rows, dtype=np.int64).reshape(len(operands), 3)
 
 
+MAX_THREADS = numba.config.NUMBA_NUM_THREADS
+_threads = threading.local()  # the count this thread last gave numba (numba keeps one per thread)
+
+
+def use_threads(count: int) -> None:
+    """Run numba's parallel kernels on ``count`` threads (torch's setting, so both libraries agree).
+
+    ``numba.set_num_threads`` takes a lock on every call (3-6 us, as much as a streaming step's kernel), so
+    it is called only when the count changes.
+    """
+    if getattr(_threads, "count", MAX_THREADS) != count:
+        numba.set_num_threads(count)
+        _threads.count = count
+
+
 def schedule(steps: int, batch: int, hidden: int) -> tuple[bool, int]:
     """(parallel?, column chunk): enough jobs to balance the threads, each long enough to vectorise well."""
-    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    threads = min(torch.get_num_threads(), MAX_THREADS)
     columns = batch * hidden
     if threads == 1 or steps * columns < PARALLEL_MIN_NUMEL or columns < 2 * MIN_CHUNK:
         return False, hidden
-    numba.set_num_threads(threads)
+    use_threads(threads)
     per_job = -(-columns // (2 * threads))
     chunk = min(hidden, max(MIN_CHUNK, min(MAX_CHUNK, -(-per_job // 16) * 16)))
     return True, chunk

@@ -1,0 +1,112 @@
+"""One inference step of a QRNN layer: projection and pooling of a single time step, fused.
+
+Streaming inference feeds a layer one step at a time. :func:`qrnn_step` computes that step from the window
+``source`` (``[x_t; x_{t-1}; ...]``, shape ``(B, window * I)``) and the layer's weights in one kernel, with
+no autograd: it is for inference (``torch.no_grad()``); :class:`~torchqrnn.QRNNLayer` uses it for single
+steps on CPU when no gradient is needed, and the two-op path (projection, then
+:func:`~torchqrnn.ops.qrnn_pool.qrnn_pool`) otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._dispatch import check_backend, check_state, check_tensor, kernel_module, resolve_backend, shape_str
+from ..qrnn_pool import gate_count
+from .reference import qrnn_step_reference
+
+__all__ = ["qrnn_step", "qrnn_step_reference", "run_step"]
+
+KERNELS = ("cpu",)
+
+
+def qrnn_step(
+    source: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    h0: Tensor | None = None,
+    *,
+    output_gate: bool = True,
+    input_gate: bool = False,
+    forget_scale: float = 1.0,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """``(output, cell state)``, both ``(B, H)``, of one step from ``source`` ``(B, K)`` and layer weights.
+
+    ``weight`` is ``(G * H, K)`` with gate rows ``[Z; F; O; I]``, ``bias`` ``(G * H,)`` or None, ``h0`` the
+    previous cell state ``(B, H)`` or None for zeros; ``forget_scale`` multiplies ``f`` (zoneout in
+    evaluation). No gradient flows: call it under ``torch.no_grad()``.
+    """
+    owner = "qrnn_step"
+    source, weight = check_tensor(owner, "source", source), check_tensor(owner, "weight", weight)
+    count = gate_count(output_gate, input_gate)
+    if (
+        source.dim() != 2
+        or weight.dim() != 2
+        or weight.shape[1] != source.shape[1]
+        or weight.shape[0] % count
+    ):
+        raise ValueError(
+            f"{owner}: expected source (B, K) and weight ({count} * H, K), got {shape_str(source)} and "
+            f"{shape_str(weight)}"
+        )
+    if bias is not None and tuple(check_tensor(owner, "bias", bias).shape) != (weight.shape[0],):
+        raise ValueError(f"{owner}: expected bias of shape ({weight.shape[0]},), got {shape_str(bias)}")
+    hidden = weight.shape[0] // count
+    if h0 is not None:
+        h0 = check_state(owner, "h0", h0, (source.shape[0], hidden), source, lambda: f"B = {source.shape[0]}")
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (source, weight, bias, h0)):
+        raise RuntimeError(f"{owner}: computes no gradient; call it under torch.no_grad() (inference)")
+    check_backend(owner, backend)
+    chosen = resolve_backend(backend, source.device, KERNELS)
+    weight = weight.to(source.dtype)
+    bias = None if bias is None else bias.to(source.dtype)
+    return run_step(source, weight, bias, h0, output_gate, input_gate, forget_scale, chosen)
+
+
+def run_step(
+    source: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    h0: Tensor | None,
+    output_gate: bool,
+    input_gate: bool,
+    forget_scale: float,
+    backend: str,
+    output_shape: tuple[int, ...] | None = None,
+    state_shape: tuple[int, ...] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`qrnn_step` for callers that checked their arguments (the layer), on a resolved backend.
+
+    A streaming step is so small that the checks would cost as much as the kernel: the layer has already
+    made them for its input, state and weights. ``source`` and ``h0`` may have any leading dims over their B
+    rows (a layer's step is ``(1, B, K)``); ``output_shape`` and ``state_shape`` (default ``(B, H)``)
+    give the results the shapes the caller returns, so that it need not reshape them (a view op costs
+    about as much as a tenth of the step).
+    """
+    if backend == "reference" or source.dtype not in (torch.float32, torch.float64):
+        return qrnn_step_reference(
+            source,
+            weight,
+            bias,
+            h0,
+            output_gate=output_gate,
+            input_gate=input_gate,
+            forget_scale=forget_scale,
+        )
+    rows, hidden = source.numel() // source.shape[-1], weight.shape[0] // gate_count(output_gate, input_gate)
+    out = torch.empty(output_shape or (rows, hidden), dtype=source.dtype)
+    hn = torch.empty(state_shape or (rows, hidden), dtype=source.dtype)
+    kernel_module(__name__, backend).step(
+        source.contiguous(),
+        weight.contiguous(),
+        weight.new_zeros(weight.shape[0]) if bias is None else bias.contiguous(),
+        None if h0 is None else h0.contiguous(),
+        output_gate,
+        input_gate,
+        forget_scale,
+        out,
+        hn,
+    )
+    return out, hn

@@ -1,0 +1,105 @@
+"""The single-step inference path (streaming under no_grad): equal to the generic path, and actually taken."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from torchqrnn import QRNN, QRNNLayer
+
+F64 = torch.float64
+
+
+@pytest.fixture
+def generic_path_forbidden(monkeypatch: pytest.MonkeyPatch):
+    """Fail if a layer call falls back to the generic path (which a valid single step must not need)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the single-step path was not taken")
+
+    monkeypatch.setattr(QRNNLayer, "_forward_checked", refuse)
+
+
+def steps_of(layer: QRNNLayer, x: torch.Tensor, stream: bool, h0: torch.Tensor | None):
+    """Feed ``x`` one step at a time (from the end for a backward layer); outputs in time order."""
+    time_dim = 1 if layer.batch_first and x.dim() == 3 else 0
+    order = range(x.shape[time_dim] - 1, -1, -1) if layer.backward else range(x.shape[time_dim])
+    outputs, h, context = {}, h0, None
+    for t in order:
+        step = x.narrow(time_dim, t, 1)
+        if stream:
+            outputs[t], h, context = layer.forward_stream(step, h, context)
+        else:
+            outputs[t], h = layer(step, h)
+    return torch.cat([outputs[t] for t in sorted(outputs)], time_dim), h
+
+
+@pytest.mark.parametrize("window", [1, 2, 3])
+@pytest.mark.parametrize("backward", [False, True])
+@pytest.mark.parametrize(("output_gate", "input_gate"), [(True, False), (False, False), (True, True)])
+@pytest.mark.parametrize("stream", [False, True])
+def test_steps_equal_the_whole_sequence(window, backward, output_gate, input_gate, stream) -> None:
+    layer = QRNNLayer(
+        5, 7, window=window, backward=backward, output_gate=output_gate, input_gate=input_gate,
+        save_prev_x=not stream, zoneout=0.2, dtype=F64,
+    ).eval()  # fmt: skip
+    x, h0 = torch.randn(6, 3, 5, dtype=F64), torch.randn(3, 7, dtype=F64)
+    with torch.no_grad():
+        whole, h_whole = layer(x, h0)
+        layer.reset()
+        steps, h = steps_of(layer, x, stream, h0)
+    torch.testing.assert_close(steps, whole)
+    torch.testing.assert_close(h, h_whole)
+
+
+@pytest.mark.usefixtures("generic_path_forbidden")
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_the_single_step_path_is_taken(dtype: torch.dtype) -> None:
+    layer = QRNNLayer(4, 6, window=2, save_prev_x=True, dtype=dtype).eval()
+    with torch.no_grad():
+        out, h = layer(torch.randn(1, 2, 4, dtype=dtype))
+        out, h = layer(torch.randn(1, 2, 4, dtype=dtype), h)  # h as the layer returns it: (1, B, H)
+        out, h = layer(torch.randn(1, 2, 4, dtype=dtype), h[0])  # and as (B, H)
+    assert out.shape == (1, 2, 6) and h.shape == (1, 2, 6) and layer.prev_x.shape == (1, 2, 4)
+
+
+def test_batch_first_and_unbatched_steps() -> None:
+    time_major = QRNNLayer(4, 6, window=2, dtype=F64)
+    batch_first = QRNNLayer(4, 6, window=2, batch_first=True, dtype=F64)
+    batch_first.load_state_dict(time_major.state_dict())
+    x = torch.randn(5, 2, 4, dtype=F64)
+    with torch.no_grad():
+        whole, h_whole = time_major(x)
+        steps, h = steps_of(batch_first, x.transpose(0, 1).contiguous(), True, None)
+        torch.testing.assert_close(steps, whole.transpose(0, 1))
+        torch.testing.assert_close(h, h_whole)
+        single, h_single = steps_of(time_major, x[:, 1], True, None)  # unbatched (T, I), one step at a time
+        torch.testing.assert_close(single, whole[:, 1])
+        assert h_single.shape == (1, 6)
+        torch.testing.assert_close(h_single[0], h_whole[0, 1])
+
+
+def test_invalid_steps_still_raise_the_generic_errors() -> None:
+    layer = QRNNLayer(4, 6, window=2, save_prev_x=True).eval()
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match=r"input\.size\(-1\) must be equal to input_size"):
+            layer(torch.randn(1, 2, 3))
+        with pytest.raises(RuntimeError, match=r"Expected hidden size \(2, 6\)"):
+            layer(torch.randn(1, 2, 4), torch.randn(3, 6))
+        layer(torch.randn(1, 2, 4))
+        with pytest.raises(RuntimeError, match=r"call reset\(\)"):
+            layer(torch.randn(1, 5, 4))
+
+
+def test_a_qrnn_stack_streams_step_by_step() -> None:
+    qrnn = QRNN(4, 6, num_layers=2, window=[2, 1], save_prev_x=True, dtype=F64).eval()
+    x = torch.randn(7, 2, 4, dtype=F64)
+    with torch.no_grad():
+        whole, h_whole = qrnn(x)
+        qrnn.reset()
+        outputs, h = [], None
+        for step in x.split(1):
+            out, h = qrnn(step, h)
+            outputs.append(out)
+    torch.testing.assert_close(torch.cat(outputs), whole)
+    torch.testing.assert_close(h, h_whole)
