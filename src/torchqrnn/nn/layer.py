@@ -164,7 +164,8 @@ class QRNNLayer(nn.Module):
         """
         if torch.is_grad_enabled() or type(input) is not Tensor or self.backend not in ("auto", "cpu"):
             return None
-        weight, rank = self.linear.weight, input.dim()
+        linear, rank = self.linear, input.dim()
+        weight = linear.weight
         time_dim = 1 if self.batch_first and rank == 3 else 0
         if (
             rank not in (2, 3)
@@ -216,7 +217,7 @@ class QRNNLayer(nn.Module):
                 new_context = new_context.squeeze(1)
         scale = 1.0 - self.zoneout if self.zoneout > 0.0 else 1.0
         output, h_n = run_step(
-            source, weight, self.linear.bias, hidden,
+            source, weight, linear.bias, hidden,
             self.output_gate, self.input_gate, scale, "cpu", output_shape=(*input.shape[:-1], hidden_size),
             state_shape=state_shape,
         )  # fmt: skip

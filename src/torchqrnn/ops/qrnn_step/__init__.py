@@ -85,20 +85,20 @@ def run_step(
     give the results the shapes the caller returns, so that it need not reshape them (a view op costs
     about as much as a tenth of the step).
     """
+    rows, hidden = source.numel() // source.shape[-1], weight.shape[0] // gate_count(output_gate, input_gate)
+    output_shape, state_shape = output_shape or (rows, hidden), state_shape or (rows, hidden)
     if backend == "reference" or source.dtype not in (torch.float32, torch.float64):
-        return qrnn_step_reference(
-            source,
+        out, hn = qrnn_step_reference(
+            source.reshape(rows, -1),
             weight,
             bias,
-            h0,
+            None if h0 is None else h0.reshape(rows, hidden),
             output_gate=output_gate,
             input_gate=input_gate,
             forget_scale=forget_scale,
         )
-    rows, hidden = source.numel() // source.shape[-1], weight.shape[0] // gate_count(output_gate, input_gate)
-    out = torch.empty(output_shape or (rows, hidden), dtype=source.dtype)
-    hn = torch.empty(state_shape or (rows, hidden), dtype=source.dtype)
-    kernel_module(__name__, backend).step(
+        return out.reshape(output_shape), hn.reshape(state_shape)
+    return kernel_module(__name__, backend).step(
         source.contiguous(),
         weight.contiguous(),
         weight.new_zeros(weight.shape[0]) if bias is None else bias.contiguous(),
@@ -106,7 +106,6 @@ def run_step(
         output_gate,
         input_gate,
         forget_scale,
-        out,
-        hn,
+        output_shape,
+        state_shape,
     )
-    return out, hn

@@ -105,11 +105,15 @@ def step(
     output_gate: bool,
     input_gate: bool,
     forget_scale: float,
-    out: Tensor,
-    hn: Tensor,
-) -> None:
-    """Write ``out`` and ``hn`` (B rows of H, any leading dims) from contiguous ``source`` (B, K)."""
-    hidden = out.shape[-1]
+    output_shape: tuple[int, ...],
+    state_shape: tuple[int, ...],
+) -> tuple[Tensor, Tensor]:
+    """``(output, state)`` of the shapes asked for (B rows of H) from contiguous ``source`` (B rows of K).
+
+    The results are allocated as numpy arrays and wrapped, not allocated as tensors and unwrapped: at a
+    streaming step's scale each conversion is a measurable share of the step.
+    """
+    hidden = output_shape[-1]
     threads = min(torch.get_num_threads(), MAX_THREADS)
     # Threads pay off once the weights outgrow one core's cache and each thread has units to work on.
     parallel = threads > 1 and weight.numel() >= _PARALLEL_MIN_WEIGHTS and hidden >= 2 * threads
@@ -117,16 +121,18 @@ def step(
         use_threads(threads)
     kernel = _step_parallel if parallel else _step_serial
     np_dtype = _NP_DTYPES[source.dtype]
+    out, hn = np.empty(output_shape, np_dtype), np.empty(state_shape, np_dtype)
     kernel(
         _weight_view(weight),
         _weight_view(bias),
         source.numpy().reshape(-1, weight.shape[1]),
         NO_STATE[source.dtype] if h0 is None else h0.numpy().reshape(-1, hidden),
-        out.numpy().reshape(-1, hidden),  # numpy's reshape: a torch view op costs microseconds
-        hn.numpy().reshape(-1, hidden),
+        out.reshape(-1, hidden),
+        hn.reshape(-1, hidden),
         hidden,
         threads,
         np_dtype(forget_scale),
         np_dtype(1),
         (output_gate, input_gate, h0 is not None),
     )
+    return torch.from_numpy(out), torch.from_numpy(hn)
