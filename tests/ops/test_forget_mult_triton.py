@@ -24,8 +24,9 @@ import torch
 pytest.importorskip("triton", reason="the Triton kernels need the triton package (pip install triton)")
 
 from torchqrnn import forget_mult
-from torchqrnn.ops.forget_mult import forget_mult_reference
 from torchqrnn.ops.forget_mult import triton as triton_kernels
+
+from .half_budget import check_forget_mult_half_budget
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -212,40 +213,11 @@ def test_gradcheck_float64(schedule: str, reverse: bool, batch_first: bool, batc
     assert torch.autograd.gradcheck(fn, (f, x, h0))
 
 
-def _plain_loop_same_dtype(f: torch.Tensor, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    """The naive loop run entirely in the input dtype: the error budget for half types."""
-    h, outs = h0, []
-    for f_t, x_t in zip(f.unbind(0), x.unbind(0), strict=True):
-        h = f_t * x_t + (1 - f_t) * h
-        outs.append(h)
-    return torch.stack(outs)
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_half_types_accumulate_in_float32(schedule: str, dtype: torch.dtype, reverse: bool) -> None:
     """Error against float64 at most twice that of the plain loop run in the same half dtype."""
-    f, x, h0 = make_inputs(64, 2, 33, dtype=dtype)
-    assert h0 is not None
-    out = forget_mult(f, x, h0, reverse=reverse, backend="triton")
-    assert out.dtype == dtype
-    weight = torch.randn(f.shape, dtype=dtype)
-    grads = torch.autograd.grad((out * weight).sum(), (f, x, h0))
-    assert all(g.dtype == dtype for g in grads)
-
-    exact_inputs = [t.detach().double().requires_grad_() for t in (f, x, h0)]
-    exact = forget_mult_reference(*exact_inputs, batch_first=False, reverse=reverse)
-    exact_grads = torch.autograd.grad((exact * weight.double()).sum(), exact_inputs)
-
-    flip = (lambda t: t.flip(0)) if reverse else (lambda t: t)
-    plain_inputs = [t.detach().requires_grad_() for t in (f, x, h0)]
-    plain = flip(_plain_loop_same_dtype(flip(plain_inputs[0]), flip(plain_inputs[1]), plain_inputs[2]))
-    plain_grads = torch.autograd.grad((plain * weight).sum(), plain_inputs)
-
-    for got, want, budget in zip((out, *grads), (exact, *exact_grads), (plain, *plain_grads), strict=True):
-        error = (got.double() - want).abs().max().item()
-        allowed = (budget.double() - want).abs().max().item()
-        assert error <= 2 * allowed + 1e-6, (error, allowed)
+    check_forget_mult_half_budget("triton", dtype, 64, reverse)
 
 
 @pytest.mark.parametrize("batch_first", [False, True], ids=["TBH", "BTH"])
