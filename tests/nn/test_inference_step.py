@@ -103,3 +103,9 @@ def test_a_qrnn_stack_streams_step_by_step() -> None:
             outputs.append(out)
     torch.testing.assert_close(torch.cat(outputs), whole)
     torch.testing.assert_close(h, h_whole)
+
+
+def test_a_hidden_state_the_generic_path_refuses_is_refused_here_too() -> None:
+    layer = QRNNLayer(4, 6).eval()
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"Expected hidden size \(2, 6\) or \(1, 2, 6\)"):
+        layer(torch.randn(1, 2, 4), torch.randn(2, 1, 6))  # B * H values, but shaped (B, 1, H)

@@ -157,10 +157,10 @@ class QRNNLayer(nn.Module):
         """Streaming's fast path: one step of plain CPU input with no gradient, through :func:`run_step`.
 
         Returns what the generic path would (``(output, h_n, context)``, same shapes; the context is None
-        for a window-1 layer, which has none), or None wherever it
-        does not apply, including every invalid argument: the generic path then runs, and raises. A step's
-        kernel takes about 15 us, and the generic path's checks, views and dispatch about three times that
-        (measured at batch 1, 320 units), so this path does only what one valid step needs.
+        for a window-1 layer, which has none), or None wherever it does not apply, including every invalid
+        argument: the generic path then runs, and raises. A step's kernel takes about 15 us, and the generic
+        path's checks, views and dispatch about three times that (measured at batch 1, 320 units), so this
+        path does only what one valid step needs.
         """
         if torch.is_grad_enabled() or type(input) is not Tensor or self.backend not in ("auto", "cpu"):
             return None
@@ -185,19 +185,19 @@ class QRNNLayer(nn.Module):
             self.hidden_size,
         )
         state_shape = (1, hidden_size) if rank == 2 else (1, batch, hidden_size)
-        if hidden is not None and not (
-            type(hidden) is Tensor
-            and hidden.dtype == input.dtype
-            and hidden.device == input.device
-            and hidden.numel() == batch * hidden_size
-            and hidden.dim() in ((1, 2) if rank == 2 else (2, 3))
-            and hidden.shape[-1] == hidden_size
+        if (
+            hidden is not None
+            and not (
+                type(hidden) is Tensor
+                and hidden.dtype == input.dtype
+                and hidden.device == input.device
+                # (B, H) or (1, B, H), as the generic path accepts; unbatched (H,) or (1, H)
+                and tuple(hidden.shape) in (state_shape[1:], state_shape)
+            )
         ):
             return None
         span = self.window - 1
-        if (
-            span == 0
-        ):  # the window is the input itself; no context to carry (forward_stream makes an empty one)
+        if span == 0:  # the window is the input itself; no context to carry (forward_stream makes one)
             source, new_context = input, None
         else:
             x = input.reshape(batch, size)
