@@ -164,14 +164,14 @@ class QRNNLayer(nn.Module):
         """
         if torch.is_grad_enabled() or type(input) is not Tensor or self.backend not in ("auto", "cpu"):
             return None
-        linear, rank = self.linear, input.dim()
-        weight = linear.weight
+        linear, shape = self.linear, input.shape
+        weight, rank = linear.weight, len(shape)
         time_dim = 1 if self.batch_first and rank == 3 else 0
         if (
             rank not in (2, 3)
-            or input.shape[time_dim] != 1
-            or input.shape[-1] != self.input_size
-            or input.device.type != "cpu"
+            or shape[time_dim] != 1
+            or shape[-1] != self.input_size
+            or not input.is_cpu
             or input.dtype != weight.dtype
             or input.dtype not in (torch.float32, torch.float64)
             or (self.training and self.zoneout > 0.0)
@@ -180,7 +180,7 @@ class QRNNLayer(nn.Module):
         ):
             return None
         batch, size, hidden_size = (
-            (1 if rank == 2 else input.shape[1 - time_dim]),
+            (1 if rank == 2 else shape[1 - time_dim]),
             self.input_size,
             self.hidden_size,
         )
@@ -190,7 +190,7 @@ class QRNNLayer(nn.Module):
             and not (
                 type(hidden) is Tensor
                 and hidden.dtype == input.dtype
-                and hidden.device == input.device
+                and hidden.is_cpu
                 # (B, H) or (1, B, H), as the generic path accepts; unbatched (H,) or (1, H)
                 and tuple(hidden.shape) in (state_shape[1:], state_shape)
             )
@@ -218,7 +218,7 @@ class QRNNLayer(nn.Module):
         scale = 1.0 - self.zoneout if self.zoneout > 0.0 else 1.0
         output, h_n = run_step(
             source, weight, linear.bias, hidden,
-            self.output_gate, self.input_gate, scale, "cpu", output_shape=(*input.shape[:-1], hidden_size),
+            self.output_gate, self.input_gate, scale, "cpu", output_shape=(*shape[:-1], hidden_size),
             state_shape=state_shape,
         )  # fmt: skip
         return output, h_n, new_context
