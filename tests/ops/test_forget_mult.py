@@ -12,26 +12,9 @@ import torch
 import torchqrnn
 from torchqrnn import ForgetMult, forget_mult
 
-from .half_budget import check_forget_mult_half_budget
+from .forget_mult_helpers import check_forget_mult_half_budget, make_inputs
 
 KERNELS = ["cpu"]
-
-
-def make_inputs(
-    steps: int,
-    batch: int,
-    hidden: int,
-    *,
-    batch_first: bool = False,
-    with_h0: bool = True,
-    dtype: torch.dtype = torch.float32,
-    requires_grad: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    shape = (batch, steps, hidden) if batch_first else (steps, batch, hidden)
-    f = torch.rand(shape, dtype=dtype).requires_grad_(requires_grad)
-    x = torch.randn(shape, dtype=dtype).requires_grad_(requires_grad)
-    h0 = torch.randn(batch, hidden, dtype=dtype).requires_grad_(requires_grad) if with_h0 else None
-    return f, x, h0
 
 
 def final_state(out: torch.Tensor, *, batch_first: bool, reverse: bool) -> torch.Tensor:

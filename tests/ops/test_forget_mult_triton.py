@@ -26,7 +26,7 @@ pytest.importorskip("triton", reason="the Triton kernels need the triton package
 from torchqrnn import forget_mult
 from torchqrnn.ops.forget_mult import triton as triton_kernels
 
-from .half_budget import check_forget_mult_half_budget
+from .forget_mult_helpers import check_forget_mult_half_budget, make_inputs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,22 +39,6 @@ def schedule(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     chunk = SCHEDULES[request.param]
     monkeypatch.setattr(triton_kernels, "choose_chunk", lambda steps, batch, hidden: chunk)
     return request.param
-
-
-def make_inputs(
-    steps: int,
-    batch: int,
-    hidden: int,
-    *,
-    batch_first: bool = False,
-    with_h0: bool = True,
-    dtype: torch.dtype = torch.float32,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    shape = (batch, steps, hidden) if batch_first else (steps, batch, hidden)
-    f = torch.rand(shape, dtype=dtype).requires_grad_()
-    x = torch.randn(shape, dtype=dtype).requires_grad_()
-    h0 = torch.randn(batch, hidden, dtype=dtype).requires_grad_() if with_h0 else None
-    return f, x, h0
 
 
 def values_and_grads(

@@ -1,5 +1,6 @@
-"""The error budget for half types: a kernel may err at most twice as much as the plain loop run in the half
-dtype itself, both measured against float64 (flash-attention's rule)."""
+"""What the ForgetMult kernels' tests share: their inputs, and the error budget for half types (a kernel may
+err at most twice as much as the plain loop run in the half dtype itself, both against float64:
+flash-attention's rule)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,23 @@ import torch
 
 from torchqrnn import forget_mult
 from torchqrnn.ops.forget_mult import forget_mult_reference
+
+
+def make_inputs(
+    steps: int,
+    batch: int,
+    hidden: int,
+    *,
+    batch_first: bool = False,
+    with_h0: bool = True,
+    dtype: torch.dtype = torch.float32,
+    requires_grad: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    shape = (batch, steps, hidden) if batch_first else (steps, batch, hidden)
+    f = torch.rand(shape, dtype=dtype).requires_grad_(requires_grad)
+    x = torch.randn(shape, dtype=dtype).requires_grad_(requires_grad)
+    h0 = torch.randn(batch, hidden, dtype=dtype).requires_grad_(requires_grad) if with_h0 else None
+    return f, x, h0
 
 
 def _plain_loop_same_dtype(f: torch.Tensor, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
@@ -20,9 +38,8 @@ def _plain_loop_same_dtype(f: torch.Tensor, x: torch.Tensor, h0: torch.Tensor) -
 
 def check_forget_mult_half_budget(backend: str, dtype: torch.dtype, steps: int, reverse: bool) -> None:
     """Outputs and every gradient of ``forget_mult`` on ``backend`` within the budget, in ``dtype``."""
-    f = torch.rand(steps, 2, 33, dtype=dtype).requires_grad_()
-    x = torch.randn(steps, 2, 33, dtype=dtype).requires_grad_()
-    h0 = torch.randn(2, 33, dtype=dtype).requires_grad_()
+    f, x, h0 = make_inputs(steps, 2, 33, dtype=dtype)
+    assert h0 is not None
     out = forget_mult(f, x, h0, reverse=reverse, backend=backend)
     assert out.dtype == dtype
     weight = torch.randn(f.shape, dtype=dtype)
