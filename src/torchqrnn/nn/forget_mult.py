@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..ops.forget_mult import BACKENDS, forget_mult
+from ._repr import options_repr
 
 
 class ForgetMult(nn.Module):
@@ -35,7 +36,4 @@ class ForgetMult(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        options = {"batch_first": False, "reverse": False, "backend": "auto"}
-        return ", ".join(
-            f"{k}={getattr(self, k)!r}" for k, default in options.items() if getattr(self, k) != default
-        )
+        return options_repr(self, {"batch_first": False, "reverse": False, "backend": "auto"})

@@ -10,6 +10,7 @@ from ..ops._dispatch import check_backend, resolve_backend, shape_str
 from ..ops.linear import linear
 from ..ops.qrnn_pool import gate_count, qrnn_pool
 from ..ops.qrnn_step import run_step
+from ._repr import options_repr
 from ._sequence import check_input, pack_like, unpack
 
 
@@ -383,7 +384,6 @@ class QRNNLayer(nn.Module):
         return context
 
     def extra_repr(self) -> str:
-        text = f"{self.input_size}, {self.hidden_size}"
         defaults = {
             "window": 1,
             "output_gate": True,
@@ -395,7 +395,4 @@ class QRNNLayer(nn.Module):
             "bias": True,
             "backend": "auto",
         }
-        for name, default in defaults.items():
-            if getattr(self, name) != default:
-                text += f", {name}={getattr(self, name)!r}"
-        return text
+        return options_repr(self, defaults, self.input_size, self.hidden_size)

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from ..ops._dispatch import check_backend, shape_str
+from ._repr import options_repr
 from ._sequence import check_input, pack_like, unpack
 from .layer import QRNNLayer
 
@@ -321,7 +322,6 @@ class QRNN(nn.Module):
                 )
 
     def extra_repr(self) -> str:
-        text = f"{self.input_size}, {self.hidden_size}"
         defaults = {
             "num_layers": 1,
             "bias": True,
@@ -329,7 +329,4 @@ class QRNN(nn.Module):
             "dropout": 0.0,
             "bidirectional": False,
         }
-        for name, default in defaults.items():
-            if getattr(self, name) != default:
-                text += f", {name}={getattr(self, name)!r}"
-        return text
+        return options_repr(self, defaults, self.input_size, self.hidden_size)
