@@ -163,7 +163,7 @@ class QRNNLayer(nn.Module):
         path's checks, views and dispatch about three times that (measured at batch 1, 320 units), so this
         path does only what one valid step needs.
         """
-        if torch.is_grad_enabled() or type(input) is not Tensor or self.backend not in ("auto", "cpu"):
+        if type(input) is not Tensor:
             return None
         linear, shape = self.linear, input.shape
         weight, rank = linear.weight, len(shape)
@@ -172,12 +172,7 @@ class QRNNLayer(nn.Module):
             rank not in (2, 3)
             or shape[time_dim] != 1
             or shape[-1] != self.input_size
-            or not input.is_cpu
             or input.dtype != weight.dtype
-            or input.dtype not in (torch.float32, torch.float64)
-            or (self.training and self.zoneout > 0.0)
-            or torch.is_autocast_enabled("cpu")
-            or torch.compiler.is_compiling()
         ):
             return None
         batch, size, hidden_size = (
@@ -187,14 +182,17 @@ class QRNNLayer(nn.Module):
         )
         state_shape = (1, hidden_size) if rank == 2 else (1, batch, hidden_size)
         if (
-            hidden is not None
-            and not (
-                type(hidden) is Tensor
-                and hidden.dtype == input.dtype
-                and hidden.is_cpu
-                # (B, H) or (1, B, H), as the generic path accepts; unbatched (H,) or (1, H)
-                and tuple(hidden.shape) in (state_shape[1:], state_shape)
+            (
+                hidden is not None
+                and not (
+                    type(hidden) is Tensor
+                    and hidden.dtype == input.dtype
+                    and hidden.is_cpu
+                    # (B, H) or (1, B, H), as the generic path accepts; unbatched (H,) or (1, H)
+                    and tuple(hidden.shape) in (state_shape[1:], state_shape)
+                )
             )
+            or not self._one_inference_step(input, weight, hidden)
         ):
             return None
         span = self.window - 1
@@ -292,7 +290,9 @@ class QRNNLayer(nn.Module):
         return output, h_n, new_context
 
     def _one_inference_step(self, source: Tensor, weight: Tensor, h0: Tensor | None) -> bool:
-        """Whether :func:`qrnn_step` can run a single step: CPU kernels, no gradient, no random mask."""
+        """Whether :func:`qrnn_step` can run a single step: CPU kernels, no gradient, no random mask.
+
+        The one rule of both single-step paths, :meth:`_inference_step`'s and :meth:`run`'s."""
         return (
             not (
                 torch.is_grad_enabled()
