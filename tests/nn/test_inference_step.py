@@ -6,18 +6,21 @@ import pytest
 import torch
 
 from torchqrnn import QRNN, QRNNLayer
+from torchqrnn.nn import layer as layer_module
 
 F64 = torch.float64
 
 
 @pytest.fixture
 def generic_path_forbidden(monkeypatch: pytest.MonkeyPatch):
-    """Fail if a layer call falls back to the generic path (which a valid single step must not need)."""
+    """Fail if a layer call falls back to the generic path, a projection then the pooling (which a valid
+    single step must not need). Validation is shared by both paths, so it still runs."""
 
     def refuse(*args, **kwargs):
         raise AssertionError("the single-step path was not taken")
 
-    monkeypatch.setattr(QRNNLayer, "_forward_checked", refuse)
+    monkeypatch.setattr(layer_module, "qrnn_pool", refuse)
+    monkeypatch.setattr(QRNNLayer, "_project", refuse)
 
 
 def steps_of(layer: QRNNLayer, x: torch.Tensor, stream: bool, h0: torch.Tensor | None):

@@ -58,10 +58,6 @@ class QRNNLayer(_QRNNLayer):
             backward=backward,
         )
 
-    @property
-    def prevX(self) -> Tensor | None:
-        return self.prev_x
-
     def forward(self, inp: Tensor, hid: Tensor | None = None) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         output, h_n = super().forward(inp, hid)
         return output, h_n.squeeze(0)  # type: ignore[return-value]  # a Tensor for Tensor input

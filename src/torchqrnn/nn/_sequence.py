@@ -9,8 +9,27 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from ..ops._dispatch import shape_str
 
 
-def check_input(input: object, input_size: int, weight: Tensor, owner: str) -> Tensor:
-    """A 2-D (unbatched) or 3-D float tensor of ``input_size`` features, on the parameters' device/dtype."""
+def state_dtype_ok(state: Tensor, x: Tensor) -> bool:
+    """A state (``h0``, a window context) has the input's dtype, or under autocast the autocast dtype: the
+    dtype of the states a layer returns there, so that they feed the next call."""
+    if state.dtype == x.dtype:
+        return True
+    device = x.device.type
+    return torch.is_autocast_enabled(device) and state.dtype == torch.get_autocast_dtype(device)
+
+
+def autocast_note(x: Tensor) -> str:
+    """The words an error about a state's dtype adds under autocast (see :func:`state_dtype_ok`)."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return ""
+    return f", or {torch.get_autocast_dtype(device)} under autocast"
+
+
+def check_input(input: object, input_size: int, weight: Tensor | None, owner: str) -> Tensor:
+    """A 2-D (unbatched) or 3-D float tensor of ``input_size`` features, on the parameters' device and of
+    their dtype (``weight``: a tensor of the projection's parameters; None where it has none, as a quantized
+    projection, which then checks its input itself)."""
     if not isinstance(input, Tensor):
         raise TypeError(
             f"{owner}: expected input to be a Tensor or PackedSequence, got {type(input).__name__}"
@@ -27,6 +46,8 @@ def check_input(input: object, input_size: int, weight: Tensor, owner: str) -> T
             f"{owner}: input.size(-1) must be equal to input_size. "
             f"Expected {input_size}, got {input.shape[-1]}"
         )
+    if weight is None:
+        return input
     if input.device != weight.device:
         raise RuntimeError(
             f"{owner}: expected input on {weight.device} (the parameters'), got {input.device}"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as _module
 from torch.nn.utils.rnn import PackedSequence
 
 from ..ops._dispatch import check_backend, resolve_backend, shape_str
@@ -11,7 +14,21 @@ from ..ops.linear import linear
 from ..ops.qrnn_pool import gate_count, qrnn_pool
 from ..ops.qrnn_step import run_step
 from ._repr import options_repr
-from ._sequence import check_input, pack_like, unpack
+from ._sequence import autocast_note, check_input, pack_like, state_dtype_ok, unpack
+
+# The weight types of a projection the layer may compute itself (anything else may override the product).
+_PLAIN_TENSORS = (nn.Parameter, Tensor)
+# Options a whole-model pickle of salesforce's (or fastai's) layer lacks, with the values its layers had.
+_UPGRADE_DEFAULTS: dict[str, Any] = {
+    "input_gate": False,
+    "batch_first": False,
+    "backward": False,
+    "backend": "auto",
+    "prev_x": None,
+    "save_prev_x": False,
+    "zoneout": 0.0,
+    "output_gate": True,
+}
 
 
 class QRNNLayer(nn.Module):
@@ -112,18 +129,44 @@ class QRNNLayer(nn.Module):
         """Forget the saved window context: call at the start of each new sequence with ``save_prev_x``."""
         self.prev_x = None
 
+    @property
+    def prevX(self) -> Tensor | None:  # (both reference implementations' name)
+        """The saved window context, under salesforce's and fastai's name: read it, assign it, or assign
+        ``None`` to reset (same as :meth:`reset`)."""
+        return self.prev_x
+
+    @prevX.setter
+    def prevX(self, value: Tensor | None) -> None:
+        if value is not None and not isinstance(value, Tensor):
+            raise TypeError(f"QRNNLayer: expected prevX to be a Tensor or None, got {type(value).__name__}")
+        self.prev_x = None if value is None else value.detach()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle, upgrading whole-model pickles of salesforce/pytorch-qrnn 0.2.1 and of fastai.
+
+        Their layers stored ``prevX`` (here ``prev_x``) and ``use_cuda`` (ignored here), lacked the options
+        added since (defaults: seq-first, forward, no input gate, ``backend="auto"``), and salesforce's stored
+        ``hidden_size=None`` when it was left out (it meant ``input_size``)."""
+        state = dict(state)
+        if "prevX" in state:
+            state["prev_x"] = state.pop("prevX")
+        state.pop("use_cuda", None)
+        for name, default in _UPGRADE_DEFAULTS.items():
+            state.setdefault(name, default)
+        linear = state.get("_modules", {}).get("linear")
+        state.setdefault("bias", getattr(linear, "bias", None) is not None)
+        if state.get("hidden_size") is None:
+            state["hidden_size"] = state["input_size"]
+        super().__setstate__(state)
+
     def forward(
         self, input: Tensor | PackedSequence, hidden: Tensor | None = None
     ) -> tuple[Tensor | PackedSequence, Tensor]:
         saving = self.save_prev_x and self.window > 1
-        context = self.prev_x if saving else None
-        fast = self._inference_step(input, hidden, context)
-        output, h_n, new_context = (
-            fast
-            if fast is not None
-            else self._forward_checked(input, hidden, context, saving=self.save_prev_x)
+        output, h_n, new_context = self._forward_checked(
+            input, hidden, self.prev_x if saving else None, saving=self.save_prev_x
         )
-        if saving and new_context is not None:  # (saving means window > 1: there is a context)
+        if saving:  # (saving means window > 1: there is a context)
             self.prev_x = new_context.detach()
         return output, h_n
 
@@ -142,89 +185,12 @@ class QRNNLayer(nn.Module):
                 "QRNNLayer.forward_stream: a PackedSequence has sequences of different lengths, which cannot "
                 "continue into a next chunk; pass a padded tensor of sequences that all go on"
             )
-        fast = self._inference_step(input, hidden, context)
-        if fast is not None:
-            output, h_n, new_context = fast
-            if new_context is None:  # window 1: the empty context of the generic path
-                new_context = output.new_empty(
-                    (0, self.input_size) if output.dim() == 2 else (0, h_n.shape[1], self.input_size)
-                )
-            return output, h_n, new_context
         return self._forward_checked(input, hidden, context, saving=True)  # type: ignore[return-value]
-
-    def _inference_step(
-        self, input: object, hidden: object, context: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor | None] | None:
-        """Streaming's fast path: one step of plain CPU input with no gradient, through :func:`run_step`.
-
-        Returns what the generic path would (``(output, h_n, context)``, same shapes; the context is None
-        for a window-1 layer, which has none), or None wherever it does not apply, including every invalid
-        argument: the generic path then runs, and raises. A step's kernel takes about 15 us, and the generic
-        path's checks, views and dispatch about three times that (measured at batch 1, 320 units), so this
-        path does only what one valid step needs.
-        """
-        if type(input) is not Tensor:
-            return None
-        linear, shape = self.linear, input.shape
-        weight, rank = linear.weight, len(shape)
-        time_dim = 1 if self.batch_first and rank == 3 else 0
-        if (
-            rank not in (2, 3)
-            or shape[time_dim] != 1
-            or shape[-1] != self.input_size
-            or input.dtype != weight.dtype
-        ):
-            return None
-        batch, size, hidden_size = (
-            (1 if rank == 2 else shape[1 - time_dim]),
-            self.input_size,
-            self.hidden_size,
-        )
-        state_shape = (1, hidden_size) if rank == 2 else (1, batch, hidden_size)
-        if (
-            (
-                hidden is not None
-                and not (
-                    type(hidden) is Tensor
-                    and hidden.dtype == input.dtype
-                    and hidden.is_cpu
-                    # (B, H) or (1, B, H), as the generic path accepts; unbatched (H,) or (1, H)
-                    and tuple(hidden.shape) in (state_shape[1:], state_shape)
-                )
-            )
-            or not self._one_inference_step(input, weight, hidden)
-        ):
-            return None
-        span = self.window - 1
-        if span == 0:  # the window is the input itself; no context to carry (forward_stream makes one)
-            source, new_context = input, None
-        else:
-            x = input.reshape(batch, size)
-            if context is None:
-                context = x.new_zeros(span, batch, size)
-            elif tuple(context.shape) != ((span, size) if rank == 2 else (span, batch, size)):
-                return None  # the generic path says what is wrong (a batch change: call reset())
-            context = context.reshape(span, batch, size)
-            # the window [x_t; x_{t-1}; ...] (backward: [x_t; x_{t+1}; ...]) and what the next step needs
-            if self.backward:
-                source = torch.cat([x, *context.unbind(0)], 1)
-                new_context = torch.cat([x.unsqueeze(0), context[:-1]])
-            else:
-                source = torch.cat([x, *reversed(context.unbind(0))], 1)
-                new_context = torch.cat([context[1:], x.unsqueeze(0)])
-            if rank == 2:
-                new_context = new_context.squeeze(1)
-        scale = 1.0 - self.zoneout if self.zoneout > 0.0 else 1.0
-        output, h_n = run_step(
-            source, weight, linear.bias, hidden,
-            self.output_gate, self.input_gate, scale, "cpu", output_shape=(*shape[:-1], hidden_size),
-            state_shape=state_shape,
-        )  # fmt: skip
-        return output, h_n, new_context
 
     def _forward_checked(
         self, input: Tensor | PackedSequence, hidden: Tensor | None, context: Tensor | None, saving: bool
     ) -> tuple[Tensor | PackedSequence, Tensor, Tensor]:
+        """The one validation of every call, single steps included; then :meth:`run`."""
         if isinstance(input, PackedSequence):
             if saving and self.window > 1:
                 raise ValueError(
@@ -232,10 +198,11 @@ class QRNNLayer(nn.Module):
                     "PackedSequence holds sequences of different lengths; pass a padded tensor instead"
                 )
             x, lengths = unpack(input, self.input_size, self.batch_first, "QRNNLayer")
+            self.check_input(x, "QRNNLayer")
             h0 = self._check_hidden(hidden, x, self.batch_first)
-            output, h_n, new_context = self.run(x, h0, None, lengths, self.batch_first)
+            output, h_n, new_context = self.run(x, h0, None, lengths.to(x.device), self.batch_first)
             return pack_like(output, lengths, input, self.batch_first), h_n.unsqueeze(0), new_context
-        check_input(input, self.input_size, self.linear.weight, "QRNNLayer")
+        self.check_input(input, "QRNNLayer")
         if input.dim() == 2:  # unbatched: a batch of one, time-major
             x = input.unsqueeze(1)
             h0 = self._check_hidden(hidden, x, False, unbatched=True)
@@ -247,6 +214,78 @@ class QRNNLayer(nn.Module):
         output, h_n, new_context = self.run(input, h0, context, None, self.batch_first)
         return output, h_n.unsqueeze(0), new_context
 
+    def check_input(self, input: object, owner: str) -> Tensor:
+        """``input`` as the projection takes it: 2-D or 3-D, ``input_size`` features, on the device and of
+        the dtype of the projection's parameters (where it has any: a quantized module has none)."""
+        return check_input(input, self.input_size, self._parameter_like(), owner)
+
+    def _parameter_like(self) -> Tensor | None:
+        """The tensor whose dtype and device inputs must match: a plain projection's weight, else the first
+        floating-point parameter of whatever module ``linear`` is (a wrapper's raw weight, say)."""
+        plain = self._plain_linear()
+        if plain is not None:
+            return plain.weight
+        for tensor in self.linear.parameters():
+            if tensor.is_floating_point():
+                return tensor
+        return None
+
+    def _plain_linear(self) -> nn.Linear | None:
+        """``self.linear`` if calling it is exactly ``F.linear(x, linear.weight, linear.bias)``, else None.
+
+        That holds for an ``nn.Linear`` itself (not a subclass: parametrizations and quantized modules are
+        subclasses or other classes), with no hooks on it nor global module hooks (pruning and the old
+        ``weight_norm`` are pre-hooks), no ``forward`` patched onto the instance, and weights that are plain
+        tensors (not tensor subclasses). Only then may the layer compute the product itself, on its fast
+        paths (oneDNN products, the fused single step); any other module is called.
+        """
+        linear = self.linear
+        if (
+            type(linear) is not nn.Linear
+            or linear._forward_hooks
+            or linear._forward_pre_hooks
+            or linear._backward_hooks
+            or linear._backward_pre_hooks
+            or _module._global_forward_hooks
+            or _module._global_forward_pre_hooks
+            or _module._global_backward_hooks
+            or _module._global_backward_pre_hooks
+            or "forward" in linear.__dict__
+            or type(linear.weight) not in _PLAIN_TENSORS
+            or (linear.bias is not None and type(linear.bias) not in _PLAIN_TENSORS)
+        ):
+            return None
+        return linear
+
+    def _project(self, source: Tensor) -> Tensor:
+        """The gates ``[Z; F; O; I]`` of ``source``: ``self.linear(source)``, computed by the layer itself
+        (:func:`~torchqrnn.ops.linear.linear`: oneDNN where faster) where that is exactly the same."""
+        count = gate_count(self.output_gate, self.input_gate)
+        width = count * self.hidden_size
+        in_features = getattr(self.linear, "in_features", None)
+        if isinstance(in_features, int) and in_features != source.shape[-1]:
+            raise RuntimeError(
+                f"QRNNLayer: expected linear.in_features = window * input_size = {source.shape[-1]}, got "
+                f"{in_features} (from {type(self.linear).__name__})"
+            )
+        plain = self._plain_linear()
+        if plain is not None:
+            gates = linear(source, plain.weight, plain.bias, self.backend)
+        else:
+            gates = self.linear(source)
+            if not isinstance(gates, Tensor):
+                raise TypeError(
+                    f"QRNNLayer: expected linear ({type(self.linear).__name__}) to return a Tensor, got "
+                    f"{type(gates).__name__}"
+                )
+        if gates.shape[:-1] != source.shape[:-1] or gates.shape[-1] != width:
+            raise RuntimeError(
+                f"QRNNLayer: expected linear.out_features = {width} ({count} gates x hidden_size "
+                f"{self.hidden_size}) for input of shape {shape_str(source)}, got output of shape "
+                f"{shape_str(gates)} from {type(self.linear).__name__}"
+            )
+        return gates
+
     def run(
         self, x: Tensor, h0: Tensor | None, context: Tensor | None, lengths: Tensor | None, batch_first: bool
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -255,18 +294,19 @@ class QRNNLayer(nn.Module):
         ``lengths`` marks later steps of each sequence as padding, which must be zero in ``x``.
         """
         time_dim = 1 if batch_first else 0
-        weight, bias = self.linear.weight, self.linear.bias
         source, new_context = self._window(x, context, time_dim)
         scale = 1.0 - self.zoneout if self.zoneout > 0.0 and not self.training else 1.0
-        if x.shape[time_dim] == 1 and lengths is None and self._one_inference_step(source, weight, h0):
-            # streaming: projection and pooling of the single step in one kernel, no autograd
-            output, h_n = run_step(
-                source, weight, bias, h0, self.output_gate, self.input_gate, scale, "cpu",
-                output_shape=(*source.shape[:-1], self.hidden_size),
-            )  # fmt: skip
-            return output, h_n, new_context
-        # (T, B, G*H) or (B, T, G*H), gate blocks [Z; F; O; I]; F.linear or oneDNN, whichever is faster
-        gates = linear(source, weight, bias, self.backend)
+        if x.shape[time_dim] == 1 and lengths is None:
+            plain = self._one_inference_step(source, h0)
+            if plain is not None:
+                # streaming: projection and pooling of the single step in one kernel, no autograd
+                output, h_n = run_step(
+                    source, plain.weight, plain.bias, h0, self.output_gate, self.input_gate, scale, "cpu",
+                    output_shape=(*source.shape[:-1], self.hidden_size),
+                )  # fmt: skip
+                return output, h_n, new_context
+        # (T, B, G*H) or (B, T, G*H), gate blocks [Z; F; O; I]
+        gates = self._project(source)
         mask = None
         if self.zoneout > 0.0 and self.training:
             mask = torch.empty(
@@ -289,21 +329,31 @@ class QRNNLayer(nn.Module):
         )
         return output, h_n, new_context
 
-    def _one_inference_step(self, source: Tensor, weight: Tensor, h0: Tensor | None) -> bool:
-        """Whether :func:`qrnn_step` can run a single step: CPU kernels, no gradient, no random mask.
-
-        The one rule of both single-step paths, :meth:`_inference_step`'s and :meth:`run`'s."""
-        return (
-            not (
+    def _one_inference_step(self, source: Tensor, h0: Tensor | None) -> nn.Linear | None:
+        """The plain projection if :func:`qrnn_step` can run this single step exactly as the generic path
+        would: a plain ``nn.Linear``, CPU kernels, float32/64, nothing that requires grad (input, context,
+        weight, bias, state), no random mask, no autocast, not tracing. None otherwise."""
+        plain = self._plain_linear()
+        if (
+            plain is None
+            or (
                 torch.is_grad_enabled()
-                and (source.requires_grad or weight.requires_grad or (h0 is not None and h0.requires_grad))
+                and (
+                    source.requires_grad
+                    or plain.weight.requires_grad
+                    or (plain.bias is not None and plain.bias.requires_grad)
+                    or (h0 is not None and h0.requires_grad)
+                )
             )
-            and not (self.training and self.zoneout > 0.0)
-            and source.dtype in (torch.float32, torch.float64)
-            and not torch.compiler.is_compiling()
-            and not torch.is_autocast_enabled(source.device.type)
-            and resolve_backend(self.backend, source.device) == "cpu"
-        )
+            or (self.training and self.zoneout > 0.0)
+            or source.dtype not in (torch.float32, torch.float64)
+            or plain.weight.dtype != source.dtype
+            or torch.compiler.is_compiling()
+            or torch.is_autocast_enabled(source.device.type)
+            or resolve_backend(self.backend, source.device) != "cpu"
+        ):
+            return None
+        return plain
 
     def _window(self, x: Tensor, context: Tensor | None, time_dim: int) -> tuple[Tensor, Tensor]:
         """The convolution's input ``[x_t; x_{t-1}; ...]`` (``[x_t; x_{t+1}; ...]`` backward) and the context
@@ -343,9 +393,10 @@ class QRNNLayer(nn.Module):
             raise RuntimeError(
                 f"QRNNLayer: Expected hidden size {allowed[0]} or {allowed[1]}, got {shape_str(hidden)}"
             )
-        if hidden.dtype != x.dtype:
+        if not state_dtype_ok(hidden, x):
             raise RuntimeError(
-                f"QRNNLayer: expected hidden of dtype {x.dtype} (the input's), got {hidden.dtype}"
+                f"QRNNLayer: expected hidden of dtype {x.dtype} (the input's"
+                f"{autocast_note(x)}), got {hidden.dtype}"
             )
         if hidden.device != x.device:
             raise RuntimeError(f"QRNNLayer: expected hidden on {x.device} (the input's), got {hidden.device}")
@@ -361,22 +412,25 @@ class QRNNLayer(nn.Module):
             raise TypeError(f"QRNNLayer: expected context to be a Tensor, got {type(context).__name__}")
         batch = x.shape[0 if batch_first else 1]
         span, size = self.window - 1, self.input_size
+        # a context saved (save_prev_x) from batched input meets unbatched input, or the other way round
+        hint = "; if it is the context saved by save_prev_x from an earlier call, call reset() first"
         if unbatched:
             if tuple(context.shape) != (span, size):
                 raise RuntimeError(
-                    f"QRNNLayer: expected context of shape {(span, size)}, got {shape_str(context)}"
+                    f"QRNNLayer: expected context of shape {(span, size)} (unbatched input), got "
+                    f"{shape_str(context)}{hint}"
                 )
             context = context.unsqueeze(1)
         elif context.dim() != 3 or context.shape[0] != span or context.shape[2] != size:
             raise RuntimeError(
-                f"QRNNLayer: expected context of shape {(span, batch, size)}, got {shape_str(context)}"
+                f"QRNNLayer: expected context of shape {(span, batch, size)}, got {shape_str(context)}{hint}"
             )
         elif context.shape[1] != batch:
             raise RuntimeError(
                 f"QRNNLayer: the window context holds a batch of {context.shape[1]} but the input has "
                 f"{batch}; call reset() (or QRNN.reset()) before a new sequence or batch size"
             )
-        if context.dtype != x.dtype or context.device != x.device:
+        if not state_dtype_ok(context, x) or context.device != x.device:
             raise RuntimeError(
                 f"QRNNLayer: expected context of dtype {x.dtype} on {x.device}, got {context.dtype} on "
                 f"{context.device}"

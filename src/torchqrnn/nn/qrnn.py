@@ -12,7 +12,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from ..ops._dispatch import check_backend, shape_str
 from ._repr import options_repr
-from ._sequence import check_input, pack_like, unpack
+from ._sequence import autocast_note, pack_like, state_dtype_ok, unpack
 from .layer import QRNNLayer
 
 _T = TypeVar("_T")
@@ -240,12 +240,13 @@ class QRNN(nn.Module):
                     "different lengths; call reset() first or pass a padded tensor"
                 )
             x, host_lengths = unpack(input, self.input_size, self.batch_first, "QRNN")
+            first.check_input(x, "QRNN")
             # once, rather than in every layer and direction, forward and backward: the kernels read lengths
             # on the input's device (packing the output needs them on the host)
             lengths = host_lengths.to(x.device, non_blocking=True)
             batch_first, unbatched = self.batch_first, False
         else:
-            check_input(input, self.input_size, first.linear.weight, "QRNN")
+            first.check_input(input, "QRNN")
             unbatched = input.dim() == 2
             x, batch_first = (input.unsqueeze(1), False) if unbatched else (input, self.batch_first)
         states = self._check_h0(h0, x, batch_first, unbatched)
@@ -287,8 +288,10 @@ class QRNN(nn.Module):
         expected = (count, self.hidden_size) if unbatched else (count, batch, self.hidden_size)
         if tuple(h0.shape) != expected:
             raise RuntimeError(f"QRNN: Expected hidden size {expected}, got {shape_str(h0)}")
-        if h0.dtype != x.dtype:
-            raise RuntimeError(f"QRNN: expected h0 of dtype {x.dtype} (the input's), got {h0.dtype}")
+        if not state_dtype_ok(h0, x):
+            raise RuntimeError(
+                f"QRNN: expected h0 of dtype {x.dtype} (the input's{autocast_note(x)}), got {h0.dtype}"
+            )
         if h0.device != x.device:
             raise RuntimeError(f"QRNN: expected h0 on {x.device} (the input's), got {h0.device}")
         return h0.unsqueeze(1) if unbatched else h0
