@@ -5,6 +5,8 @@ It reads only a layer's weights and options, builds each time step's window by h
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -17,15 +19,21 @@ def reference_layer(
     h0: Tensor | None = None,
     context: Tensor | None = None,
     forget_mask: Tensor | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    project: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One layer on time-major ``x`` (T, B, I): ``(output (T, B, H), last cell state (B, H), next context)``.
 
     ``forget_mask`` (T, B, H) stands in for zoneout's training mask; without it, a zoneout layer in
-    evaluation mode scales ``f`` by ``1 - zoneout``.
+    evaluation mode scales ``f`` by ``1 - zoneout``. ``weight`` and ``bias`` stand in for the projection's
+    (the effective weight of a wrapped or reparametrized ``layer.linear``); by default its own. ``project``
+    stands in for the whole product ``W source + b`` of each step (a quantized projection's).
     """
     steps, batch, size = x.shape
     hidden, window = layer.hidden_size, layer.window
-    weight, bias = layer.linear.weight, layer.linear.bias
+    if weight is None:
+        weight, bias = layer.linear.weight, layer.linear.bias
     zeros = x.new_zeros(batch, size)
 
     def x_at(t: int) -> Tensor:
@@ -42,7 +50,7 @@ def reference_layer(
     outputs: list[Tensor] = [zeros] * steps
     for t in range(steps - 1, -1, -1) if layer.backward else range(steps):
         source = torch.cat([x_at(t + step * k) for k in range(window)], dim=1)  # (B, window * I)
-        y = source @ weight.T + (0 if bias is None else bias)
+        y = project(source) if project is not None else source @ weight.T + (0 if bias is None else bias)
         blocks = y.split(hidden, dim=1)
         z, f = torch.tanh(blocks[0]), torch.sigmoid(blocks[1])
         o = torch.sigmoid(blocks[2]) if layer.output_gate else None
