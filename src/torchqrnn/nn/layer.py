@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as _module
 from torch.nn.utils.rnn import PackedSequence
 
+from ..ops._autograd import transformed
 from ..ops._dispatch import check_backend, resolve_backend, shape_str
 from ..ops.linear import linear
 from ..ops.qrnn_pool import gate_count, qrnn_pool
@@ -269,7 +270,7 @@ class QRNNLayer(nn.Module):
                 f"{in_features} (from {type(self.linear).__name__})"
             )
         plain = self._plain_linear()
-        if plain is not None:
+        if plain is not None and not transformed():  # (torch.func: its autograd needs the module's ops)
             gates = linear(source, plain.weight, plain.bias, self.backend)
         else:
             gates = self.linear(source)
@@ -332,7 +333,8 @@ class QRNNLayer(nn.Module):
     def _one_inference_step(self, source: Tensor, h0: Tensor | None) -> nn.Linear | None:
         """The plain projection if :func:`qrnn_step` can run this single step exactly as the generic path
         would: a plain ``nn.Linear``, CPU kernels, float32/64, nothing that requires grad (input, context,
-        weight, bias, state), no random mask, no autocast, not tracing. None otherwise."""
+        weight, bias, state), no random mask, no autocast, not tracing, no ``torch.func`` transform. None
+        otherwise."""
         plain = self._plain_linear()
         if (
             plain is None
@@ -349,6 +351,7 @@ class QRNNLayer(nn.Module):
             or source.dtype not in (torch.float32, torch.float64)
             or plain.weight.dtype != source.dtype
             or torch.compiler.is_compiling()
+            or transformed()
             or torch.is_autocast_enabled(source.device.type)
             or resolve_backend(self.backend, source.device) != "cpu"
         ):

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._autograd import reference_backward, transformed
 from .._dispatch import (
     BACKENDS,
     SUPPORTED_DTYPES,
@@ -164,6 +165,16 @@ def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
 
 def _backward_through(backward: Callable[..., tuple[Tensor, Tensor, Tensor]], ctx: Any, grad: Tensor):
     f, x, out, h0 = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: the kernels' backward is first order only
+        return (
+            *reference_backward(
+                lambda: forget_mult_reference(f, x, h0, batch_first=ctx.batch_first, reverse=ctx.reverse),
+                (f, x, h0),
+                ctx.needs_input_grad[:3],
+                (grad,),
+            ),
+            None, None, None,
+        )  # fmt: skip
     df, dx, dh0 = backward(grad, f, x, out, h0, ctx.batch_first, ctx.reverse, ctx.backend)
     return df, dx, (dh0 if h0 is not None else None), None, None, None
 
@@ -190,8 +201,8 @@ class _ForgetMultFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        # (not once_differentiable, which cuts the graph silently when grad does not require grad)
         return _backward_through(_forget_mult_backward_impl, ctx, grad)
 
 
@@ -226,7 +237,9 @@ def forget_mult(
     Returns:
         every ``h_t``, same shape and dtype as ``x``. float16 / bfloat16 accumulate in float32.
 
-    Differentiable in ``f``, ``x`` and ``h0``. Equivalent to::
+    Differentiable in ``f``, ``x`` and ``h0``, to any order (double backward recomputes through the
+    reference loop), and under ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``, ``jvp``), which run
+    the reference loop. Equivalent to::
 
         h = h0
         for t in range(T):  # range(T - 1, -1, -1) with reverse=True
@@ -239,7 +252,7 @@ def forget_mult(
         f, x, batch_first = f.unsqueeze(1), x.unsqueeze(1), False
         h0 = None if h0 is None else h0.unsqueeze(0)
     chosen = resolve_backend(backend, x.device)
-    if chosen == "reference":
+    if chosen == "reference" or transformed():  # torch.func's wrapped tensors: see ops/_autograd.py
         out = forget_mult_reference(f, x, h0, batch_first=batch_first, reverse=reverse)
     elif torch.compiler.is_compiling():
         out = torch.ops.torchqrnn.forget_mult(f, x, h0, batch_first, reverse, chosen)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._autograd import reference_backward, transformed
 from .._dispatch import (
     SUPPORTED_DTYPES,
     check_backend,
@@ -247,6 +248,14 @@ def _save(ctx: Any, inputs: tuple[Any, ...], out: Tensor, cells: Tensor) -> None
 def _grads(backward: Any, ctx: Any, grad_out: Tensor | None, grad_hn: Tensor | None) -> tuple[Any, ...]:
     gates, cells, h0, forget_mask, lengths = ctx.saved_tensors
     forget_scale, output_gate, input_gate, batch_first, reverse, backend = ctx.options
+    if torch.is_grad_enabled():  # create_graph=True: the kernels' backward is first order only
+        reference = functools.partial(
+            qrnn_pool_reference, gates, h0, output_gate=output_gate, input_gate=input_gate,
+            forget_mask=forget_mask, forget_scale=forget_scale, lengths=lengths, batch_first=batch_first,
+            reverse=reverse,
+        )  # fmt: skip
+        grads = reference_backward(reference, (gates, h0), ctx.needs_input_grad[:2], (grad_out, grad_hn))
+        return (*grads, *(None,) * 8)
     if grad_out is None:  # only the final state was used: a zero gradient read at stride 0, never allocated
         out_shape, _ = _forward_shapes(gates, output_gate, input_gate, batch_first)
         grad_out = gates.new_zeros(out_shape[-1]).expand(out_shape)
@@ -279,8 +288,8 @@ class _QRNNPoolFunction(torch.autograd.Function):
         return out, hn
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_out: Tensor | None, grad_hn: Tensor | None) -> tuple[Any, ...]:
+        # (not once_differentiable, which cuts the graph silently when grad does not require grad)
         return _grads(_qrnn_pool_backward_impl, ctx, grad_out, grad_hn)
 
 
@@ -314,13 +323,16 @@ def qrnn_pool(
     Returns:
         ``(output, last_cell_state)``: ``(T, B, H)`` (or ``(B, T, H)``) and ``(B, H)``: the cell state after
         each sequence's last real step (its first step for ``reverse``), not the gated output.
+
+    Differentiable in ``gates`` and ``h0`` to any order (double backward recomputes through the reference),
+    and under ``torch.func`` transforms, which run the reference.
     """
     gates, h0, forget_mask, lengths = _check_inputs(
         gates, h0, forget_mask, lengths, output_gate, input_gate, batch_first, backend
     )
     chosen = resolve_backend(backend, gates.device, KERNELS)
     options = (output_gate, input_gate, batch_first, reverse)
-    if chosen == "reference":
+    if chosen == "reference" or transformed():  # torch.func's wrapped tensors: see ops/_autograd.py
         return qrnn_pool_reference(
             gates,
             h0,
