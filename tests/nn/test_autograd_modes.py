@@ -1,5 +1,5 @@
-"""Every autograd mode gives what the reference gives, or a clear error: gradients of whatever requires grad at
-T = 1 and T > 1, double backward, ``torch.func`` transforms, states carried under autocast."""
+"""Every autograd mode gives what the reference gives, or a clear error: gradients of whatever requires grad
+at T = 1 and T > 1, double backward, ``torch.func`` transforms, states carried under autocast."""
 
 from __future__ import annotations
 
@@ -163,7 +163,9 @@ def test_a_gradient_penalty_on_a_qrnn_matches_the_reference() -> None:
 def test_vmap_over_the_ops_and_the_modules() -> None:
     torch.manual_seed(5)
     f, x = torch.rand(4, 5, 2, 3, dtype=F64), torch.randn(4, 5, 2, 3, dtype=F64)
-    torch.testing.assert_close(vmap(forget_mult)(f, x), torch.stack([forget_mult(*p) for p in zip(f, x)]))
+    torch.testing.assert_close(
+        vmap(forget_mult)(f, x), torch.stack([forget_mult(*p) for p in zip(f, x, strict=True)])
+    )
     gates = torch.randn(4, 5, 2, 9, dtype=F64)
     out, h = vmap(qrnn_pool)(gates)
     torch.testing.assert_close(out, torch.stack([qrnn_pool(g)[0] for g in gates]))
@@ -219,7 +221,7 @@ def test_a_state_returned_under_autocast_feeds_the_next_call(dtype: torch.dtype)
     x = torch.randn(12, 3, 8)
     with torch.autocast("cpu", dtype=dtype):
         _, h = qrnn(x[:6])
-        out, h = qrnn(x[6:], h)
+        _, h = qrnn(x[6:], h)
         assert h.dtype == dtype
         _, h_layer, context = layer.forward_stream(x[:6])
         layer.forward_stream(x[6:], h_layer, context)
