@@ -244,3 +244,19 @@ def test_chunked_training_under_bf16_autocast_equals_the_whole_sequence() -> Non
         results.append((whole.float(), h.float(), *(p.grad for p in qrnn.parameters())))
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, atol=3e-2, rtol=3e-2)
+
+
+def test_forward_mode_ad_through_a_kernel_says_what_works() -> None:
+    import torch.autograd.forward_ad as forward_ad
+
+    f, x = torch.rand(5, 2, 3), torch.randn(5, 2, 3)
+    gates = torch.randn(5, 2, 9)
+    with forward_ad.dual_level():
+        dual = forward_ad.make_dual(f, torch.ones_like(f))
+        with pytest.raises(NotImplementedError, match=r"forget_mult: .* use torch.func.jvp"):
+            forget_mult(dual, x)
+        with pytest.raises(NotImplementedError, match=r"qrnn_pool: .* backend='reference'"):
+            qrnn_pool(forward_ad.make_dual(gates, torch.ones_like(gates)))
+        tangent = forward_ad.unpack_dual(forget_mult(dual, x, backend="reference")).tangent
+    _, expected = jvp(lambda f: forget_mult(f, x), (f,), (torch.ones_like(f),))
+    torch.testing.assert_close(tangent, expected)

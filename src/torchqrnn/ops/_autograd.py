@@ -53,3 +53,12 @@ def reference_backward(
     for (i, target), grad in zip(wanted, computed, strict=True):
         result[i] = torch.zeros_like(target) if grad is None else grad
     return result
+
+
+def no_forward_ad(op: str) -> NotImplementedError:
+    """The error of a kernel's forward-mode AD (``torch.autograd.forward_ad`` dual tensors), with the ways
+    that do work."""
+    return NotImplementedError(
+        f"{op}: the CPU and Triton kernels have no forward-mode derivative (jvp); use torch.func.jvp, which "
+        "runs the differentiable reference, or pass backend='reference' for torch.autograd.forward_ad"
+    )

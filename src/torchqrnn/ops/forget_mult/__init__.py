@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._autograd import reference_backward, transformed
+from .._autograd import no_forward_ad, reference_backward, transformed
 from .._dispatch import (
     BACKENDS,
     SUPPORTED_DTYPES,
@@ -199,6 +199,10 @@ class _ForgetMultFunction(torch.autograd.Function):
         out = _forget_mult_impl(*inputs)
         _setup_context(ctx, inputs, out)
         return out
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Any) -> Tensor:
+        raise no_forward_ad("forget_mult")
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._autograd import reference_backward, transformed
+from .._autograd import no_forward_ad, reference_backward, transformed
 from .._dispatch import (
     SUPPORTED_DTYPES,
     check_backend,
@@ -286,6 +286,10 @@ class _QRNNPoolFunction(torch.autograd.Function):
         _save(ctx, inputs, out, cells)
         ctx.set_materialize_grads(False)
         return out, hn
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Any) -> tuple[Tensor, Tensor]:
+        raise no_forward_ad("qrnn_pool")
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor | None, grad_hn: Tensor | None) -> tuple[Any, ...]:
