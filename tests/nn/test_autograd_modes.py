@@ -246,17 +246,25 @@ def test_chunked_training_under_bf16_autocast_equals_the_whole_sequence() -> Non
         torch.testing.assert_close(a, b, atol=3e-2, rtol=3e-2)
 
 
-def test_forward_mode_ad_through_a_kernel_says_what_works() -> None:
-    import torch.autograd.forward_ad as forward_ad
+def test_forward_mode_ad_gives_the_references_tangents() -> None:
+    """Dual tensors of ``torch.autograd.forward_ad`` run the reference (a kernel would drop the tangents)."""
+    from torch.autograd import forward_ad
 
-    f, x = torch.rand(5, 2, 3), torch.randn(5, 2, 3)
-    gates = torch.randn(5, 2, 9)
-    with forward_ad.dual_level():
-        dual = forward_ad.make_dual(f, torch.ones_like(f))
-        with pytest.raises(NotImplementedError, match=r"forget_mult: .* use torch.func.jvp"):
-            forget_mult(dual, x)
-        with pytest.raises(NotImplementedError, match=r"qrnn_pool: .* backend='reference'"):
-            qrnn_pool(forward_ad.make_dual(gates, torch.ones_like(gates)))
-        tangent = forward_ad.unpack_dual(forget_mult(dual, x, backend="reference")).tangent
-    _, expected = jvp(lambda f: forget_mult(f, x), (f,), (torch.ones_like(f),))
-    torch.testing.assert_close(tangent, expected)
+    torch.manual_seed(10)
+    f, x, gates = torch.rand(5, 2, 3), torch.randn(5, 2, 3), torch.randn(5, 2, 9)
+    layer = QRNNLayer(3, 4, window=2).eval()
+    x_tangent = torch.randn_like(x)
+    with forward_ad.dual_level(), torch.no_grad():
+        tangents = [
+            forward_ad.unpack_dual(forget_mult(forward_ad.make_dual(f, torch.ones_like(f)), x)).tangent,
+            forward_ad.unpack_dual(qrnn_pool(forward_ad.make_dual(gates, torch.ones_like(gates)))[0]).tangent,
+            forward_ad.unpack_dual(layer(forward_ad.make_dual(x[:1], x_tangent[:1]))[0]).tangent,
+        ]
+    expected = [
+        jvp(lambda f: forget_mult(f, x), (f,), (torch.ones_like(f),))[1],
+        jvp(lambda g: qrnn_pool(g)[0], (gates,), (torch.ones_like(gates),))[1],
+        jvp(lambda x: layer(x)[0], (x[:1],), (x_tangent[:1],))[1],
+    ]
+    for tangent, want in zip(tangents, expected, strict=True):
+        assert tangent is not None
+        torch.testing.assert_close(tangent, want)

@@ -8,8 +8,9 @@ an op's differentiable reference (plain PyTorch ops), never a silently cut graph
   the op by its reference from the saved inputs and differentiates that, so the gradients it returns are
   differentiable in the inputs and in the incoming gradients;
 - ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``, ``jvp``, per-sample gradients), under which the
-  kernels (which read raw memory) cannot see through the transforms' wrapped tensors: the dispatchers run the
-  reference there (:func:`transformed`).
+  kernels (which read raw memory) cannot see through the transforms' wrapped tensors, nor forward-mode AD
+  (``torch.autograd.forward_ad``) through dual tensors: the dispatchers run the reference there
+  (:func:`transformed`).
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 
 def transformed() -> bool:
-    """Whether a ``torch.func`` transform (``vmap``, ``grad``, ``jvp``, ...) is active around this call."""
-    return torch._C._are_functorch_transforms_active()
+    """Whether a transform the kernels cannot see through is active around this call: a ``torch.func``
+    transform (``vmap``, ``grad``, ``jvp``, ...) or a forward-mode AD level (``torch.autograd.forward_ad``,
+    whose dual tensors' tangents a kernel would drop)."""
+    return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
 
 
 def reference_backward(
@@ -53,12 +57,3 @@ def reference_backward(
     for (i, target), grad in zip(wanted, computed, strict=True):
         result[i] = torch.zeros_like(target) if grad is None else grad
     return result
-
-
-def no_forward_ad(op: str) -> NotImplementedError:
-    """The error of a kernel's forward-mode AD (``torch.autograd.forward_ad`` dual tensors), with the ways
-    that do work."""
-    return NotImplementedError(
-        f"{op}: the CPU and Triton kernels have no forward-mode derivative (jvp); use torch.func.jvp, which "
-        "runs the differentiable reference, or pass backend='reference' for torch.autograd.forward_ad"
-    )

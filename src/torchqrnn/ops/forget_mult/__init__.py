@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._autograd import no_forward_ad, reference_backward, transformed
+from .._autograd import reference_backward, transformed
 from .._dispatch import (
     BACKENDS,
     SUPPORTED_DTYPES,
@@ -201,10 +201,6 @@ class _ForgetMultFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    def jvp(ctx: Any, *tangents: Any) -> Tensor:
-        raise no_forward_ad("forget_mult")
-
-    @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         # (not once_differentiable, which cuts the graph silently when grad does not require grad)
         return _backward_through(_forget_mult_backward_impl, ctx, grad)
@@ -242,8 +238,8 @@ def forget_mult(
         every ``h_t``, same shape and dtype as ``x``. float16 / bfloat16 accumulate in float32.
 
     Differentiable in ``f``, ``x`` and ``h0``, to any order (double backward recomputes through the
-    reference loop), and under ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``, ``jvp``), which run
-    the reference loop. Equivalent to::
+    reference loop), and under ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``, ``jvp``) and
+    forward-mode AD, which run the reference loop. Equivalent to::
 
         h = h0
         for t in range(T):  # range(T - 1, -1, -1) with reverse=True

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._autograd import no_forward_ad, reference_backward, transformed
+from .._autograd import reference_backward, transformed
 from .._dispatch import (
     SUPPORTED_DTYPES,
     check_backend,
@@ -288,10 +288,6 @@ class _QRNNPoolFunction(torch.autograd.Function):
         return out, hn
 
     @staticmethod
-    def jvp(ctx: Any, *tangents: Any) -> tuple[Tensor, Tensor]:
-        raise no_forward_ad("qrnn_pool")
-
-    @staticmethod
     def backward(ctx: Any, grad_out: Tensor | None, grad_hn: Tensor | None) -> tuple[Any, ...]:
         # (not once_differentiable, which cuts the graph silently when grad does not require grad)
         return _grads(_qrnn_pool_backward_impl, ctx, grad_out, grad_hn)
@@ -329,7 +325,7 @@ def qrnn_pool(
         each sequence's last real step (its first step for ``reverse``), not the gated output.
 
     Differentiable in ``gates`` and ``h0`` to any order (double backward recomputes through the reference),
-    and under ``torch.func`` transforms, which run the reference.
+    and under ``torch.func`` transforms and forward-mode AD, which run the reference.
     """
     gates, h0, forget_mask, lengths = _check_inputs(
         gates, h0, forget_mask, lengths, output_gate, input_gate, batch_first, backend
