@@ -168,7 +168,7 @@ class QRNNLayer(nn.Module):
             input, hidden, self.prev_x if saving else None, saving=self.save_prev_x
         )
         if saving:  # (saving means window > 1: there is a context)
-            self.prev_x = new_context.detach()
+            self.__dict__["prev_x"] = new_context.detach()  # a plain attribute: skip Module.__setattr__
         return output, h_n
 
     def forward_stream(
@@ -221,26 +221,28 @@ class QRNNLayer(nn.Module):
         return check_input(input, self.input_size, self._parameter_like(), owner)
 
     def _parameter_like(self) -> Tensor | None:
-        """The tensor whose dtype and device inputs must match: a plain projection's weight, else the first
-        floating-point parameter of whatever module ``linear`` is (a wrapper's raw weight, say)."""
-        plain = self._plain_linear()
-        if plain is not None:
-            return plain.weight
+        """The tensor whose dtype and device inputs must match: the projection's ``weight`` parameter, else
+        the first floating-point parameter of whatever module ``linear`` is (a wrapper's raw weight, say)."""
+        weight = self.linear._parameters.get("weight")
+        if weight is not None and weight.is_floating_point():
+            return weight
         for tensor in self.linear.parameters():
             if tensor.is_floating_point():
                 return tensor
         return None
 
-    def _plain_linear(self) -> nn.Linear | None:
-        """``self.linear`` if calling it is exactly ``F.linear(x, linear.weight, linear.bias)``, else None.
+    def _plain_linear(self) -> tuple[Tensor, Tensor | None] | None:
+        """``(weight, bias)`` of ``self.linear`` if calling it is exactly ``F.linear(x, weight, bias)``, else
+        None.
 
         That holds for an ``nn.Linear`` itself (not a subclass: parametrizations and quantized modules are
         subclasses or other classes), with no hooks on it nor global module hooks (pruning and the old
         ``weight_norm`` are pre-hooks), no ``forward`` patched onto the instance, and weights that are plain
         tensors (not tensor subclasses). Only then may the layer compute the product itself, on its fast
-        paths (oneDNN products, the fused single step); any other module is called.
+        paths (oneDNN products, the fused single step); any other module is called. (Read from the module's
+        dicts: each ``Module.__getattr__`` costs about a microsecond on a streaming step.)
         """
-        linear = self.linear
+        linear = self._modules["linear"]
         if (
             type(linear) is not nn.Linear
             or linear._forward_hooks
@@ -252,11 +254,17 @@ class QRNNLayer(nn.Module):
             or _module._global_backward_hooks
             or _module._global_backward_pre_hooks
             or "forward" in linear.__dict__
-            or type(linear.weight) not in _PLAIN_TENSORS
-            or (linear.bias is not None and type(linear.bias) not in _PLAIN_TENSORS)
         ):
             return None
-        return linear
+        parameters = linear._parameters
+        weight, bias = parameters.get("weight"), parameters.get("bias")
+        if (
+            weight is None
+            or type(weight) not in _PLAIN_TENSORS
+            or (bias is not None and type(bias) not in _PLAIN_TENSORS)
+        ):
+            return None  # a tensor subclass, or a weight moved out of the parameters (called as the module)
+        return weight, bias
 
     def _project(self, source: Tensor) -> Tensor:
         """The gates ``[Z; F; O; I]`` of ``source``: ``self.linear(source)``, computed by the layer itself
@@ -271,7 +279,7 @@ class QRNNLayer(nn.Module):
             )
         plain = self._plain_linear()
         if plain is not None and not transformed():  # (torch.func: its autograd needs the module's ops)
-            gates = linear(source, plain.weight, plain.bias, self.backend)
+            gates = linear(source, *plain, self.backend)
         else:
             gates = self.linear(source)
             if not isinstance(gates, Tensor):
@@ -302,7 +310,7 @@ class QRNNLayer(nn.Module):
             if plain is not None:
                 # streaming: projection and pooling of the single step in one kernel, no autograd
                 output, h_n = run_step(
-                    source, plain.weight, plain.bias, h0, self.output_gate, self.input_gate, scale, "cpu",
+                    source, *plain, h0, self.output_gate, self.input_gate, scale, "cpu",
                     output_shape=(*source.shape[:-1], self.hidden_size),
                 )  # fmt: skip
                 return output, h_n, new_context
@@ -330,26 +338,28 @@ class QRNNLayer(nn.Module):
         )
         return output, h_n, new_context
 
-    def _one_inference_step(self, source: Tensor, h0: Tensor | None) -> nn.Linear | None:
-        """The plain projection if :func:`qrnn_step` can run this single step exactly as the generic path
-        would: a plain ``nn.Linear``, CPU kernels, float32/64, nothing that requires grad (input, context,
-        weight, bias, state), no random mask, no autocast, not tracing, no ``torch.func`` transform. None
-        otherwise."""
+    def _one_inference_step(self, source: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor | None] | None:
+        """The plain projection's ``(weight, bias)`` if :func:`qrnn_step` can run this single step exactly as
+        the generic path would: a plain ``nn.Linear``, CPU kernels, float32/64, nothing that requires grad
+        (input, context, weight, bias, state), no random mask, no autocast, not tracing, no ``torch.func``
+        transform. None otherwise."""
         plain = self._plain_linear()
+        if plain is None:
+            return None
+        weight, bias = plain
         if (
-            plain is None
-            or (
+            (
                 torch.is_grad_enabled()
                 and (
                     source.requires_grad
-                    or plain.weight.requires_grad
-                    or (plain.bias is not None and plain.bias.requires_grad)
+                    or weight.requires_grad
+                    or (bias is not None and bias.requires_grad)
                     or (h0 is not None and h0.requires_grad)
                 )
             )
             or (self.training and self.zoneout > 0.0)
             or source.dtype not in (torch.float32, torch.float64)
-            or plain.weight.dtype != source.dtype
+            or weight.dtype != source.dtype
             or torch.compiler.is_compiling()
             or transformed()
             or torch.is_autocast_enabled(source.device.type)

@@ -194,19 +194,18 @@ class QRNN(nn.Module):
     def forward(
         self, input: Tensor | PackedSequence, h0: Tensor | None = None
     ) -> tuple[Tensor | PackedSequence, Tensor]:
-        saving = [layer.save_prev_x and layer.window > 1 for layer, *_ in self._stack()]
+        stack = self._stack()
+        saving = [layer.save_prev_x and layer.window > 1 for layer, *_ in stack]
         if isinstance(input, PackedSequence) and any(saving):
             raise ValueError(
                 "QRNN: save_prev_x keeps each sequence's last steps for the next call, but a PackedSequence "
                 "holds sequences of different lengths; pass a padded tensor instead"
             )
-        contexts = [
-            layer.prev_x if layer.save_prev_x and layer.window > 1 else None for layer, *_ in self._stack()
-        ]
-        output, h_n, new_contexts = self._forward_checked(input, h0, contexts)
-        for (layer, *_), context in zip(self._stack(), new_contexts, strict=True):
-            if layer.save_prev_x and layer.window > 1:
-                layer.prev_x = context.detach()
+        contexts = [layer.prev_x if save else None for (layer, *_), save in zip(stack, saving, strict=True)]
+        output, h_n, new_contexts = self._forward_checked(input, h0, contexts, stack)
+        for (layer, *_), save, context in zip(stack, saving, new_contexts, strict=True):
+            if save:
+                layer.__dict__["prev_x"] = context.detach()  # a plain attribute: skip Module.__setattr__
         return output, h_n
 
     def forward_stream(
@@ -225,13 +224,17 @@ class QRNN(nn.Module):
         contexts = [None] * self.num_layers if contexts is None else list(contexts)
         if len(contexts) != self.num_layers:
             raise ValueError(f"QRNN.forward_stream: expected {self.num_layers} contexts, got {len(contexts)}")
-        output, h_n, new_contexts = self._forward_checked(input, h0, contexts)
+        output, h_n, new_contexts = self._forward_checked(input, h0, contexts, self._stack())
         return output, h_n, new_contexts  # type: ignore[return-value]  # a Tensor for Tensor input
 
     def _forward_checked(
-        self, input: Tensor | PackedSequence, h0: Tensor | None, contexts: list[Tensor | None]
+        self,
+        input: Tensor | PackedSequence,
+        h0: Tensor | None,
+        contexts: list[Tensor | None],
+        stack: list[list[QRNNLayer]],
     ) -> tuple[Tensor | PackedSequence, Tensor, list[Tensor]]:
-        first = self._stack()[0][0]
+        first = stack[0][0]
         lengths = None
         if isinstance(input, PackedSequence):
             if any(c is not None for c in contexts):
@@ -255,7 +258,7 @@ class QRNN(nn.Module):
 
         finals: list[Tensor] = []
         new_contexts: list[Tensor] = []
-        for depth, directions in enumerate(self._stack()):
+        for depth, directions in enumerate(stack):
             outputs = []
             for direction, layer in enumerate(directions):
                 index = depth * self.num_directions + direction
