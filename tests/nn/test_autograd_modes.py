@@ -268,3 +268,62 @@ def test_forward_mode_ad_gives_the_references_tangents() -> None:
     for tangent, want in zip(tangents, expected, strict=True):
         assert tangent is not None
         torch.testing.assert_close(tangent, want)
+
+
+@pytest.mark.parametrize(
+    ("output_gate", "input_gate", "batch_first", "reverse", "masked", "lengths"),
+    [
+        (True, False, False, False, False, False),
+        (False, False, True, True, True, False),
+        (True, True, False, True, False, True),
+        (False, True, True, False, True, True),
+    ],
+)
+def test_vmap_and_per_sample_gradients_of_qrnn_pool(
+    output_gate, input_gate, batch_first, reverse, masked, lengths
+) -> None:
+    torch.manual_seed(11)
+    count, size, steps, batch, hidden = 2 + output_gate + input_gate, 3, 5, 2, 3
+    layout = (batch, steps) if batch_first else (steps, batch)
+    gates = torch.randn(size, *layout, count * hidden, dtype=F64)
+    h0 = torch.randn(size, batch, hidden, dtype=F64)
+    mask = torch.rand(*layout, hidden) > 0.3 if masked else None  # shared by every sample (unmapped)
+    options = dict(
+        output_gate=output_gate, input_gate=input_gate, batch_first=batch_first, reverse=reverse,
+        forget_mask=mask, forget_scale=0.9, lengths=torch.tensor([5, 2]) if lengths else None,
+    )  # fmt: skip
+
+    def loss(gates: Tensor, h0: Tensor) -> Tensor:
+        out, h_n = qrnn_pool(gates, h0, **options)  # type: ignore[arg-type]
+        return out.pow(2).sum() + h_n.sum()
+
+    out, h_n = vmap(lambda g, h: qrnn_pool(g, h, **options))(gates, h0)  # type: ignore[arg-type]
+    grads = vmap(grad(loss, argnums=(0, 1)))(gates, h0)
+    for index in range(size):
+        g, h = gates[index].clone().requires_grad_(), h0[index].clone().requires_grad_()
+        expected_out, expected_h = qrnn_pool(g, h, **options)  # type: ignore[arg-type]
+        torch.testing.assert_close(out[index], expected_out.detach())
+        torch.testing.assert_close(h_n[index], expected_h.detach())
+        loss(g, h).backward()
+        torch.testing.assert_close(grads[0][index], g.grad)
+        torch.testing.assert_close(grads[1][index], h.grad)
+
+
+def test_vmap_runs_the_kernels_not_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under vmap (and one grad level) the ops batch by folding the mapped dims into the batch dim."""
+    import torchqrnn.ops.forget_mult as forget_mult_op
+    import torchqrnn.ops.qrnn_pool as qrnn_pool_op
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the reference ran")
+
+    monkeypatch.setattr(forget_mult_op, "forget_mult_reference", refuse)
+    monkeypatch.setattr(qrnn_pool_op, "qrnn_pool_reference", refuse)
+    f, x, gates = torch.rand(3, 4, 2, 5), torch.randn(3, 4, 2, 5), torch.randn(3, 4, 2, 15)
+    vmap(forget_mult)(f, x)
+    vmap(grad(lambda f, x: forget_mult(f, x).sum()))(f, x)
+    vmap(qrnn_pool)(gates)
+    vmap(grad(lambda g: qrnn_pool(g)[0].sum()))(gates)
+    qrnn = QRNN(5, 6, num_layers=2, window=[2, 1])
+    with torch.no_grad():
+        vmap(qrnn)(torch.randn(3, 7, 2, 5))

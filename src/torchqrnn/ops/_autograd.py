@@ -7,9 +7,12 @@ an op's differentiable reference (plain PyTorch ops), never a silently cut graph
   The backward of an ``autograd.Function`` then runs with grad mode on: :func:`reference_backward` recomputes
   the op by its reference from the saved inputs and differentiates that, so the gradients it returns are
   differentiable in the inputs and in the incoming gradients;
-- ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``, ``jvp``, per-sample gradients), under which the
-  kernels (which read raw memory) cannot see through the transforms' wrapped tensors, nor forward-mode AD
-  (``torch.autograd.forward_ad``) through dual tensors: the dispatchers run the reference there
+- ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``, ``jvp``, per-sample gradients), whose wrapped
+  tensors the kernels (which read raw memory) cannot see through. Under ``vmap``, with at most one ``grad``
+  level inside (per-sample gradients), the ops' ``autograd.Function`` s in ``setup_context`` form run the
+  kernels through batching rules that fold the mapped dims into the batch dim (:func:`foldable`,
+  :func:`fold`): exact, since batch rows are independent. Other transforms, and forward-mode AD
+  (``torch.autograd.forward_ad``, dual tensors whose tangents a kernel would drop), run the reference
   (:func:`transformed`).
 """
 
@@ -20,6 +23,37 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 from torch.autograd import forward_ad
+
+
+def foldable() -> bool:
+    """Whether the active ``torch.func`` transforms are ``vmap``s around at most one ``grad`` / ``vjp``
+    level: there the kernels run through the ops' batching rules (:func:`fold`), which merge the mapped
+    dims into the batch dim. Other mixes (``jvp``, nested ``grad``, forward-mode AD) run the reference."""
+    if forward_ad._current_level >= 0:  # dual tensors: the kernels have no forward-mode derivative
+        return False
+    stack = torch._C._functorch.get_interpreter_stack() or []
+    kinds = [interpreter.key() for interpreter in stack]
+    Transform = torch._C._functorch.TransformType
+    return (
+        all(kind in (Transform.Vmap, Transform.Grad) for kind in kinds) and kinds.count(Transform.Grad) <= 1
+    )
+
+
+def fold(t: Tensor | None, mapped: int | None, size: int, batch_dim: int) -> Tensor | None:
+    """``t`` (a ``vmap`` rule's unwrapped input, its mapped dim at ``mapped``, None if unmapped) with the
+    ``size`` mapped copies merged into its batch dim ``batch_dim`` (of the per-sample shape), copy-major:
+    ``(..., B, ...)`` per sample becomes ``(..., size * B, ...)``."""
+    if t is None:
+        return None
+    t = t.expand(size, *t.shape) if mapped is None else t.movedim(mapped, 0)
+    t = t.movedim(0, batch_dim)  # (..., size, B, ...)
+    return t.flatten(batch_dim, batch_dim + 1)
+
+
+def unfold(t: Tensor, size: int, batch_dim: int) -> Tensor:
+    """The inverse of :func:`fold` for an output: ``(..., size * B, ...)`` to ``(..., size, B, ...)``, the
+    mapped dim at ``batch_dim`` (what a ``vmap`` rule returns as its out dim)."""
+    return t.unflatten(batch_dim, (size, -1))
 
 
 def transformed() -> bool:

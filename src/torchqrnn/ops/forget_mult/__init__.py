@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._autograd import reference_backward, transformed
+from .._autograd import fold, foldable, reference_backward, transformed, unfold
 from .._dispatch import (
     BACKENDS,
     SUPPORTED_DTYPES,
@@ -206,6 +206,63 @@ class _ForgetMultFunction(torch.autograd.Function):
         return _backward_through(_forget_mult_backward_impl, ctx, grad)
 
 
+class _ForgetMultTransformable(torch.autograd.Function):
+    """The kernels under ``torch.func``: ``vmap`` (with at most one ``grad`` level, as per-sample
+    gradients use), in ``setup_context`` form with a batching rule that folds the mapped dims into the batch
+    dim (exact: the batch rows are independent). The backward runs :class:`_ForgetMultBackwardTransformable`,
+    which batches the same way."""
+
+    @staticmethod
+    def forward(f: Tensor, x: Tensor, h0: Tensor | None, batch_first: bool, reverse: bool, backend: str):
+        return _forget_mult_impl(f, x, h0, batch_first, reverse, backend)
+
+    setup_context = staticmethod(_setup_context)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        f, x, out, h0 = ctx.saved_tensors
+        df, dx, dh0 = _ForgetMultBackwardTransformable.apply(
+            grad, f, x, out, h0, ctx.batch_first, ctx.reverse, ctx.backend
+        )
+        return df, dx, (dh0 if h0 is not None else None), None, None, None
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple[Any, ...], f, x, h0, batch_first, reverse, backend):
+        size, batch = info.batch_size, (0 if batch_first else 1)
+        out = _ForgetMultTransformable.apply(
+            fold(f, in_dims[0], size, batch), fold(x, in_dims[1], size, batch), fold(h0, in_dims[2], size, 0),
+            batch_first, reverse, backend,
+        )  # fmt: skip
+        return unfold(out, size, batch), batch
+
+
+class _ForgetMultBackwardTransformable(torch.autograd.Function):
+    """The kernels' backward under ``torch.func``, batched as :class:`_ForgetMultTransformable`."""
+
+    @staticmethod
+    def forward(grad, f, x, out, h0, batch_first, reverse, backend) -> tuple[Tensor, Tensor, Tensor]:
+        return _forget_mult_backward_impl(grad, f, x, out, h0, batch_first, reverse, backend)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> Any:
+        raise RuntimeError(  # (foldable() sends nested grad levels to the reference, so this is not reached)
+            "forget_mult: a second derivative inside torch.func transforms needs backend='reference'"
+        )
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple[Any, ...], grad, f, x, out, h0, batch_first, reverse, backend):
+        size, batch = info.batch_size, (0 if batch_first else 1)
+        folded = [fold(t, d, size, batch) for t, d in zip((grad, f, x, out), in_dims, strict=False)]
+        df, dx, dh0 = _ForgetMultBackwardTransformable.apply(
+            *folded, fold(h0, in_dims[4], size, 0), batch_first, reverse, backend
+        )
+        return (unfold(df, size, batch), unfold(dx, size, batch), unfold(dh0, size, 0)), (batch, batch, 0)
+
+
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -238,8 +295,8 @@ def forget_mult(
         every ``h_t``, same shape and dtype as ``x``. float16 / bfloat16 accumulate in float32.
 
     Differentiable in ``f``, ``x`` and ``h0``, to any order (double backward recomputes through the
-    reference loop), and under ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``, ``jvp``) and
-    forward-mode AD, which run the reference loop. Equivalent to::
+    reference loop), and under ``torch.func`` transforms (``vmap`` and
+    per-sample gradients run the kernels, batched; ``jvp`` and nested ``grad`` the reference loop). Equivalent to::
 
         h = h0
         for t in range(T):  # range(T - 1, -1, -1) with reverse=True
@@ -252,8 +309,10 @@ def forget_mult(
         f, x, batch_first = f.unsqueeze(1), x.unsqueeze(1), False
         h0 = None if h0 is None else h0.unsqueeze(0)
     chosen = resolve_backend(backend, x.device)
-    if chosen == "reference" or transformed():  # torch.func's wrapped tensors: see ops/_autograd.py
+    if chosen == "reference" or (transformed() and not foldable()):  # see ops/_autograd.py
         out = forget_mult_reference(f, x, h0, batch_first=batch_first, reverse=reverse)
+    elif transformed():
+        out = _ForgetMultTransformable.apply(f, x, h0, batch_first, reverse, chosen)
     elif torch.compiler.is_compiling():
         out = torch.ops.torchqrnn.forget_mult(f, x, h0, batch_first, reverse, chosen)
     else:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._autograd import reference_backward, transformed
+from .._autograd import fold, foldable, reference_backward, transformed, unfold
 from .._dispatch import (
     SUPPORTED_DTYPES,
     check_backend,
@@ -293,6 +293,84 @@ class _QRNNPoolFunction(torch.autograd.Function):
         return _grads(_qrnn_pool_backward_impl, ctx, grad_out, grad_hn)
 
 
+class _QRNNPoolTransformable(torch.autograd.Function):
+    """The kernels under ``torch.func`` (``vmap``, with at most one ``grad`` level): ``setup_context`` form,
+    a batching rule that folds the mapped dims into the batch dim (exact: the batch rows are independent),
+    and a backward through :class:`_QRNNPoolBackwardTransformable`, batched the same way."""
+
+    @staticmethod
+    def forward(*inputs: Any) -> tuple[Tensor, Tensor, Tensor]:
+        return _qrnn_pool_impl(*inputs)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]) -> None:
+        _save(ctx, inputs, output[0], output[2])
+        ctx.mark_non_differentiable(output[2])
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor, grad_hn: Tensor, grad_cells: Tensor) -> tuple[Any, ...]:
+        gates, cells, h0, forget_mask, lengths = ctx.saved_tensors
+        dgates, dh0 = _QRNNPoolBackwardTransformable.apply(
+            grad_out, grad_hn, gates, cells, h0, forget_mask, *ctx.options[:1], lengths, *ctx.options[1:]
+        )
+        return (dgates, dh0 if h0 is not None else None) + (None,) * 8
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple[Any, ...], gates, h0, forget_mask, forget_scale, lengths, *options):
+        output_gate, batch_first = (
+            options[0],
+            options[2],
+        )  # options: output_gate, input_gate, batch_first, ...
+        size, batch = info.batch_size, (0 if batch_first else 1)
+        out, hn, cells = _QRNNPoolTransformable.apply(
+            fold(gates, in_dims[0], size, batch),
+            fold(h0, in_dims[1], size, 0),
+            fold(forget_mask, in_dims[2], size, batch),
+            forget_scale,
+            fold(lengths, in_dims[4], size, 0),
+            *options,
+        )
+        if not output_gate:  # cells is the empty placeholder: nothing mapped
+            return (unfold(out, size, batch), unfold(hn, size, 0), cells), (batch, 0, None)
+        return (unfold(out, size, batch), unfold(hn, size, 0), unfold(cells, size, batch)), (batch, 0, batch)
+
+
+class _QRNNPoolBackwardTransformable(torch.autograd.Function):
+    """The kernels' backward under ``torch.func``, batched as :class:`_QRNNPoolTransformable`."""
+
+    @staticmethod
+    def forward(*inputs: Any) -> tuple[Tensor, Tensor]:
+        return _qrnn_pool_backward_impl(*inputs)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> Any:
+        raise RuntimeError(  # (foldable() sends nested grad levels to the reference, so this is not reached)
+            "qrnn_pool: a second derivative inside torch.func transforms needs backend='reference'"
+        )
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple[Any, ...], grad_out, grad_hn, gates, cells, h0, forget_mask, *rest):
+        # rest: forget_scale, lengths, output_gate, input_gate, batch_first, reverse, backend; cells is the
+        # saved cells (or the output itself without an output gate): full size either way
+        size, batch = info.batch_size, (0 if rest[4] else 1)
+        dgates, dh0 = _QRNNPoolBackwardTransformable.apply(
+            fold(grad_out, in_dims[0], size, batch),
+            fold(grad_hn, in_dims[1], size, 0),
+            fold(gates, in_dims[2], size, batch),
+            fold(cells, in_dims[3], size, batch),
+            fold(h0, in_dims[4], size, 0),
+            fold(forget_mask, in_dims[5], size, batch),
+            rest[0],
+            fold(rest[1], in_dims[7], size, 0),
+            *rest[2:],
+        )
+        return (unfold(dgates, size, batch), unfold(dh0, size, 0)), (batch, 0)
+
+
 def qrnn_pool(
     gates: Tensor,
     h0: Tensor | None = None,
@@ -325,14 +403,15 @@ def qrnn_pool(
         each sequence's last real step (its first step for ``reverse``), not the gated output.
 
     Differentiable in ``gates`` and ``h0`` to any order (double backward recomputes through the reference),
-    and under ``torch.func`` transforms and forward-mode AD, which run the reference.
+    and under ``torch.func`` transforms (``vmap`` and per-sample gradients run the kernels, batched; ``jvp`` and
+    nested ``grad`` the reference).
     """
     gates, h0, forget_mask, lengths = _check_inputs(
         gates, h0, forget_mask, lengths, output_gate, input_gate, batch_first, backend
     )
     chosen = resolve_backend(backend, gates.device, KERNELS)
     options = (output_gate, input_gate, batch_first, reverse)
-    if chosen == "reference" or transformed():  # torch.func's wrapped tensors: see ops/_autograd.py
+    if chosen == "reference" or (transformed() and not foldable()):  # see ops/_autograd.py
         return qrnn_pool_reference(
             gates,
             h0,
@@ -344,6 +423,11 @@ def qrnn_pool(
             batch_first=batch_first,
             reverse=reverse,
         )
+    if transformed():
+        out, hn, _ = _QRNNPoolTransformable.apply(
+            gates, h0, forget_mask, forget_scale, lengths, *options, chosen
+        )
+        return out, hn
     if torch.compiler.is_compiling():
         out, hn, _ = torch.ops.torchqrnn.qrnn_pool(
             gates, h0, forget_mask, forget_scale, lengths, *options, chosen
