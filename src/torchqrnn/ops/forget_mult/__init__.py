@@ -295,8 +295,8 @@ def forget_mult(
         every ``h_t``, same shape and dtype as ``x``. float16 / bfloat16 accumulate in float32.
 
     Differentiable in ``f``, ``x`` and ``h0``, to any order (double backward recomputes through the
-    reference loop), and under ``torch.func`` transforms (``vmap`` and
-    per-sample gradients run the kernels, batched; ``jvp`` and nested ``grad`` the reference loop). Equivalent to::
+    reference loop), and under ``torch.func`` transforms (``vmap`` and per-sample gradients run the kernels,
+    batched; ``jvp`` and nested ``grad`` the reference loop). Equivalent to::
 
         h = h0
         for t in range(T):  # range(T - 1, -1, -1) with reverse=True

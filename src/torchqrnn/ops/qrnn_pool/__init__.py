@@ -403,8 +403,8 @@ def qrnn_pool(
         each sequence's last real step (its first step for ``reverse``), not the gated output.
 
     Differentiable in ``gates`` and ``h0`` to any order (double backward recomputes through the reference),
-    and under ``torch.func`` transforms (``vmap`` and per-sample gradients run the kernels, batched; ``jvp`` and
-    nested ``grad`` the reference).
+    and under ``torch.func`` transforms (``vmap`` and per-sample gradients run the kernels, batched; ``jvp``
+    and nested ``grad`` the reference).
     """
     gates, h0, forget_mask, lengths = _check_inputs(
         gates, h0, forget_mask, lengths, output_gate, input_gate, batch_first, backend
