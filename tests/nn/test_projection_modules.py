@@ -361,3 +361,27 @@ def test_a_quantized_layer_carries_its_state_exactly() -> None:
     torch.testing.assert_close(torch.cat(outputs), torch.cat(expected))
     torch.testing.assert_close(h[0], expected_h)
     torch.testing.assert_close(saved, x[-2:])
+
+
+def test_hooks_on_the_layers_of_a_stack_run() -> None:
+    """A QRNN calls its layers as modules: hooks on them see each layer's input and output."""
+    torch.manual_seed(12)
+    qrnn = QRNN(3, 4, num_layers=2, window=[2, 1], bidirectional=True)
+    seen: list[tuple[str, tuple[int, ...]]] = []
+    for name, layer in (("l0", qrnn.layers[0]), ("l1_bwd", qrnn.layers_bwd[1])):
+        layer.register_forward_hook(
+            lambda module, args, output, name=name: seen.append((name, tuple(output[0].shape)))
+        )
+    scaled = qrnn.layers[1]
+    scaled.register_forward_hook(lambda module, args, output: (output[0] * 2, *output[1:]))
+    x = torch.randn(5, 2, 3)
+    output, _ = qrnn(x)
+    assert seen == [("l0", (5, 2, 4)), ("l1_bwd", (5, 2, 4))]
+    with torch.no_grad():  # the layers called one by one, the hooks (the doubling too) running again
+        below = torch.cat([qrnn.layers[0](x)[0], qrnn.layers_bwd[0](x)[0]], 2)
+        expected = torch.cat([qrnn.layers[1](below)[0], qrnn.layers_bwd[1](below)[0]], 2)
+        assert seen[2:] == [("l0", (5, 2, 4)), ("l1_bwd", (5, 2, 4))]
+        qrnn.eval()(x[:1])  # a single step through the stack runs them too
+        assert len(seen) == 6
+    torch.testing.assert_close(output, expected)
+    torch.testing.assert_close(output[..., :4], 2 * reference_layer(scaled, below)[0])

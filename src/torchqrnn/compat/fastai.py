@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..nn.layer import QRNNLayer as _QRNNLayer
+from ..nn.layer import StackCall
 from ..nn.qrnn import QRNN as _QRNN
 from ..ops.forget_mult import forget_mult
 
@@ -58,9 +59,13 @@ class QRNNLayer(_QRNNLayer):
             backward=backward,
         )
 
-    def forward(self, inp: Tensor, hid: Tensor | None = None) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        self, inp: Tensor, hid: Tensor | None = None, *, stack: StackCall | None = None
+    ) -> tuple[Tensor, Tensor]:
+        if stack is not None:  # a stack's call (see torchqrnn.QRNNLayer.forward)
+            return super().forward(inp, hid, stack=stack)
         output, h_n = super().forward(inp, hid)
-        return output, h_n.squeeze(0)  # type: ignore[return-value]  # a Tensor for Tensor input
+        return output, h_n.squeeze(0)
 
 
 class QRNN(_QRNN):

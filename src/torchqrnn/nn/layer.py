@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +16,16 @@ from ..ops.qrnn_pool import gate_count, qrnn_pool
 from ..ops.qrnn_step import run_step
 from ._repr import options_repr
 from ._sequence import autocast_note, check_input, pack_like, state_dtype_ok, unpack
+
+
+class StackCall(NamedTuple):
+    """What a :class:`QRNN` passes a layer it calls (``layer(x, h0, stack=StackCall(...))``): the window
+    context, the lengths of a packed batch (on the input's device), and the layout of ``x``."""
+
+    context: Tensor | None
+    lengths: Tensor | None
+    batch_first: bool
+
 
 # The weight types of a projection the layer may compute itself (anything else may override the product).
 _PLAIN_TENSORS = (nn.Parameter, Tensor)
@@ -161,8 +171,16 @@ class QRNNLayer(nn.Module):
         super().__setstate__(state)
 
     def forward(
-        self, input: Tensor | PackedSequence, hidden: Tensor | None = None
-    ) -> tuple[Tensor | PackedSequence, Tensor]:
+        self, input: Tensor | PackedSequence, hidden: Tensor | None = None, *, stack: StackCall | None = None
+    ) -> Any:
+        """``(output, h_n)`` of ``input`` from ``hidden`` (see the class docstring for shapes).
+
+        ``stack`` is how a :class:`QRNN` calls its layers, as modules so that hooks on them run: on its
+        checked, padded 3-D input, with the window context and lengths it carries, returning
+        ``(output, h_n (B, H), next context)`` (what :meth:`run` returns); not for other callers.
+        """
+        if stack is not None:
+            return self.run(input, hidden, *stack)  # type: ignore[arg-type]  # a QRNN's checked tensor
         saving = self.save_prev_x and self.window > 1
         output, h_n, new_context = self._forward_checked(
             input, hidden, self.prev_x if saving else None, saving=self.save_prev_x

@@ -13,7 +13,7 @@ from torch.nn.utils.rnn import PackedSequence
 from ..ops._dispatch import check_backend, shape_str
 from ._repr import options_repr
 from ._sequence import autocast_note, pack_like, state_dtype_ok, unpack
-from .layer import QRNNLayer
+from .layer import QRNNLayer, StackCall
 
 _T = TypeVar("_T")
 
@@ -263,9 +263,9 @@ class QRNN(nn.Module):
             for direction, layer in enumerate(directions):
                 index = depth * self.num_directions + direction
                 context = layer._check_context(contexts[depth], x, batch_first) if direction == 0 else None
-                out, h_n, new_context = layer.run(
-                    x, None if states is None else states[index], context, lengths, batch_first
-                )
+                state = None if states is None else states[index]
+                # called as a module, so that hooks on a layer run (see QRNNLayer.forward's stack)
+                out, h_n, new_context = layer(x, state, stack=StackCall(context, lengths, batch_first))
                 outputs.append(out)
                 finals.append(h_n)
                 if direction == 0:
