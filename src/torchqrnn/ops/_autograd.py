@@ -19,6 +19,7 @@ an op's differentiable reference (plain PyTorch ops), never a silently cut graph
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -54,6 +55,24 @@ def unfold(t: Tensor, size: int, batch_dim: int) -> Tensor:
     """The inverse of :func:`fold` for an output: ``(..., size * B, ...)`` to ``(..., size, B, ...)``, the
     mapped dim at ``batch_dim`` (what a ``vmap`` rule returns as its out dim)."""
     return t.unflatten(batch_dim, (size, -1))
+
+
+class BackwardUnderTransforms(torch.autograd.Function):
+    """Base of the ops' backward kernels as ``autograd.Function`` s for ``torch.func`` (each adds its
+    ``forward`` and its batching rule ``vmap``): first order only, which is all :func:`foldable` lets them
+    be asked for (nested ``grad`` levels run the reference)."""
+
+    op = "torchqrnn"
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        pass
+
+    @classmethod
+    def backward(cls, ctx: Any, *grads: Any) -> Any:
+        raise RuntimeError(
+            f"{cls.op}: a second derivative inside torch.func transforms needs backend='reference'"
+        )
 
 
 def transformed() -> bool:

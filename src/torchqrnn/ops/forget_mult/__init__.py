@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._autograd import fold, foldable, reference_backward, transformed, unfold
+from .._autograd import BackwardUnderTransforms, fold, foldable, reference_backward, transformed, unfold
 from .._dispatch import (
     BACKENDS,
     SUPPORTED_DTYPES,
@@ -236,22 +236,14 @@ class _ForgetMultTransformable(torch.autograd.Function):
         return unfold(out, size, batch), batch
 
 
-class _ForgetMultBackwardTransformable(torch.autograd.Function):
+class _ForgetMultBackwardTransformable(BackwardUnderTransforms):
     """The kernels' backward under ``torch.func``, batched as :class:`_ForgetMultTransformable`."""
+
+    op = "forget_mult"
 
     @staticmethod
     def forward(grad, f, x, out, h0, batch_first, reverse, backend) -> tuple[Tensor, Tensor, Tensor]:
         return _forget_mult_backward_impl(grad, f, x, out, h0, batch_first, reverse, backend)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        pass
-
-    @staticmethod
-    def backward(ctx: Any, *grads: Any) -> Any:
-        raise RuntimeError(  # (foldable() sends nested grad levels to the reference, so this is not reached)
-            "forget_mult: a second derivative inside torch.func transforms needs backend='reference'"
-        )
 
     @staticmethod
     def vmap(info: Any, in_dims: tuple[Any, ...], grad, f, x, out, h0, batch_first, reverse, backend):

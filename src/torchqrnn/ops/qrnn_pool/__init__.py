@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._autograd import fold, foldable, reference_backward, transformed, unfold
+from .._autograd import BackwardUnderTransforms, fold, foldable, reference_backward, transformed, unfold
 from .._dispatch import (
     SUPPORTED_DTYPES,
     check_backend,
@@ -335,22 +335,14 @@ class _QRNNPoolTransformable(torch.autograd.Function):
         return (unfold(out, size, batch), unfold(hn, size, 0), unfold(cells, size, batch)), (batch, 0, batch)
 
 
-class _QRNNPoolBackwardTransformable(torch.autograd.Function):
+class _QRNNPoolBackwardTransformable(BackwardUnderTransforms):
     """The kernels' backward under ``torch.func``, batched as :class:`_QRNNPoolTransformable`."""
+
+    op = "qrnn_pool"
 
     @staticmethod
     def forward(*inputs: Any) -> tuple[Tensor, Tensor]:
         return _qrnn_pool_backward_impl(*inputs)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        pass
-
-    @staticmethod
-    def backward(ctx: Any, *grads: Any) -> Any:
-        raise RuntimeError(  # (foldable() sends nested grad levels to the reference, so this is not reached)
-            "qrnn_pool: a second derivative inside torch.func transforms needs backend='reference'"
-        )
 
     @staticmethod
     def vmap(info: Any, in_dims: tuple[Any, ...], grad_out, grad_hn, gates, cells, h0, forget_mask, *rest):
