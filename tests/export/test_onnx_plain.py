@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import io
+import pathlib
 from collections.abc import Callable
 from typing import Any
 
@@ -32,15 +33,13 @@ OPS = (torch.ops.torchqrnn.qrnn_pool.default, torch.ops.torchqrnn.forget_mult.de
 
 
 def gru_style_export(
-    model: nn.Module, args: tuple[Tensor, ...], names: list[str], axes: dict
+    model: nn.Module, args: tuple[Tensor, ...], path: pathlib.Path, names: list[str], axes: dict
 ) -> onnx.ModelProto:
-    """What an nn.GRU user writes: named inputs and outputs, ``dynamic_axes``, torch's default exporter."""
+    """What an nn.GRU user writes: a file, named inputs and outputs, ``dynamic_axes``, torch's default
+    exporter. Returns the model loaded from the file."""
     outputs = ["output", "h_n"]
-    program = torch.onnx.export(
-        model, args, input_names=names, output_names=outputs, dynamic_axes=axes, verbose=False
-    )
-    assert program is not None
-    return program.model_proto
+    torch.onnx.export(model, args, path, input_names=names, output_names=outputs, dynamic_axes=axes)
+    return onnx.load(path)
 
 
 def data_axes(batch_first: bool) -> dict[int, str]:
@@ -65,7 +64,7 @@ def assert_runs_like_eager(
     [(False, False, False), (True, False, True), (False, True, True), (True, True, False)],
 )
 def test_qrnn_exports_with_dynamic_axes_and_runs_any_length_and_batch(
-    bidirectional: bool, batch_first: bool, with_h0: bool
+    bidirectional: bool, batch_first: bool, with_h0: bool, tmp_path: pathlib.Path
 ) -> None:
     """Layer 0 has window 2 and layer 1 window 1; zoneout scales f (evaluation)."""
     qrnn = QRNN(
@@ -79,7 +78,8 @@ def test_qrnn_exports_with_dynamic_axes_and_runs_any_length_and_batch(
 
     names = ["input", "h0"] if with_h0 else ["input"]
     axes = {"input": data_axes(batch_first), "h0": {1: "batch"}, "output": data_axes(batch_first)}
-    model = gru_style_export(qrnn, inputs(*SHAPES[0]), names, {k: axes[k] for k in [*names, "output"]})
+    axes = {k: axes[k] for k in [*names, "output"]}
+    model = gru_style_export(qrnn, inputs(*SHAPES[0]), tmp_path / "qrnn.onnx", names, axes)
     onnx.checker.check_model(model, full_check=True)
     counts, bodies = op_counts(model)
     assert counts["Scan"] == 2 * (2 if bidirectional else 1)  # one per layer and direction, not per step
@@ -147,6 +147,26 @@ def test_streaming_qrnn_exports_with_dynamic_shapes_and_streams() -> None:
     outputs = []
     for start, stop in [(0, 1), (1, 2), (2, 7), (7, 8), (8, 11)]:
         output, *state = run.run(None, dict(zip(names, [x[start:stop].numpy(), *state], strict=True)))
+        outputs.append(output)
+    np.testing.assert_allclose(np.concatenate(outputs), whole, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(state[0], h_whole, rtol=0, atol=ATOL)
+
+
+def test_a_one_step_streaming_graph_with_static_shapes_streams() -> None:
+    """The deployment graph of a step-by-step decoder: fixed shapes, one step in, states in and out."""
+    qrnn = QRNN(3, 4, num_layers=2, window=[2, 1]).eval()
+    streamer = StreamingQRNN(qrnn)
+    program = torch.onnx.export(streamer, (torch.randn(1, 2, 3), *streamer.initial_state(2)), verbose=False)
+    assert program is not None
+    run = session(program.model_proto)
+    names = [i.name for i in program.model_proto.graph.input]
+    x = torch.randn(6, 2, 3)
+    with torch.no_grad():
+        whole, h_whole = qrnn(x)
+    state = [t.numpy() for t in streamer.initial_state(2)]
+    outputs = []
+    for step in range(6):
+        output, *state = run.run(None, dict(zip(names, [x[step : step + 1].numpy(), *state], strict=True)))
         outputs.append(output)
     np.testing.assert_allclose(np.concatenate(outputs), whole, rtol=0, atol=ATOL)
     np.testing.assert_allclose(state[0], h_whole, rtol=0, atol=ATOL)
