@@ -40,7 +40,7 @@ def linear_recurrence(a: Tensor, b: Tensor, c0: Tensor | None, reverse: bool) ->
     """Every ``c_t = a_t + b_t * c_{t-1}`` of time-major ``(T, B, H)`` ``a`` and ``b``, and the last one:
     ``(cells (T, B, H), c_n (B, H))``. ``c0`` is the state before the first step (zeros when ``None``);
     ``reverse`` walks from ``t = T - 1`` down to ``0``, the cells staying in natural time order."""
-    from torch._higher_order_ops.scan import scan  # torch imports it lazily too
+    from torch._higher_order_ops.scan import scan  # here: only an export needs it, and older torch lacks it
 
     if c0 is None:
         c0 = a.new_zeros(a.shape[1:])
