@@ -2,11 +2,21 @@
 
 - :func:`export_program` runs ``torch.export.export`` with the time and batch dimensions of every input
   marked dynamic. The program holds torchqrnn's ops, so it runs wherever ``torchqrnn`` is imported.
-- :func:`to_onnx` runs ``torch.onnx.export`` with :func:`onnx_translation_table`, which expresses each
-  recurrence as one ONNX ``Scan`` over time (see :mod:`torchqrnn.export.onnx_ops`), so onnxruntime runs
-  the model with any ``T`` and ``B``. It needs ``pip install onnx onnxscript`` (``torchqrnn[export]``).
+- Plain ``torch.onnx.export(model, args, f, dynamic_shapes=...)`` (or ``dynamic_axes=``), torch's default
+  exporter, works as an ``nn.GRU`` user writes it: each op has its recurrence written with torch's ``scan``
+  registered as its decomposition (``torchqrnn/ops/*/scan.py``), which the exporter applies and translates
+  to one ONNX ``Scan``; onnxruntime then runs any ``T`` and ``B``. An ``ExportedProgram`` from
+  :func:`export_program` exports the same way.
+- :func:`to_onnx` is the convenience: it names the graph's inputs and outputs, marks time and batch
+  dynamic, and passes :func:`onnx_translation_table` (see :mod:`torchqrnn.export.onnx_ops`), which takes
+  precedence over the decompositions and walks a reverse direction in the ``Scan`` itself. Either way
+  needs ``pip install onnx onnxscript`` (``torchqrnn[export]``).
+- The TorchScript-based exporter (``dynamo=False``) and ``torch.jit.trace`` record a trace, which can
+  hold neither a kernel nor a loop over time: they raise, naming what works.
 - :class:`torchqrnn.StreamingQRNN` is the streaming form to export: one chunk in, ``h`` and every layer's
-  window context in and out as tensors.
+  window context in and out as tensors (give its contexts to ``torch.onnx.export`` as one tuple in
+  ``dynamic_shapes``, e.g. :func:`dynamic_shapes`; torch cannot map ``dynamic_axes`` names onto
+  ``*contexts``).
 
 Importing this module imports neither onnx nor onnxscript; they load when an ONNX export runs.
 """
@@ -160,12 +170,14 @@ def to_onnx(
     """Export ``model`` (a QRNN, QRNNLayer, StreamingQRNN, or any module using torchqrnn's ops) to ONNX.
 
     Runs ``torch.onnx.export(model, args, path, dynamo=True, ...)`` with :func:`onnx_translation_table`,
-    so every recurrence becomes one ONNX ``Scan`` over time; for the library's modules it also names the
-    graph's inputs and outputs (:func:`io_names`) and makes time and batch dynamic (dims ``"time"`` and
-    ``"batch"``). Export an evaluation-mode model. The example needs at least 2 steps and a batch of at least
-    2; the model then runs any ``T`` and ``B``. ``export_kwargs`` go to ``torch.onnx.export`` (they override
-    the names and dynamic shapes chosen here). Trailing ``None`` arguments (``h0=None``) are left out of the
-    graph. Returns the ``ONNXProgram`` (also saved to ``path`` if given).
+    so every recurrence becomes one ONNX ``Scan`` over time (plain ``torch.onnx.export`` gets one too, from
+    the ops' registered decompositions; this translation runs a reverse direction in the ``Scan`` itself
+    rather than around flips); for the library's modules it also names the graph's inputs and outputs
+    (:func:`io_names`) and makes time and batch dynamic (dims ``"time"`` and ``"batch"``). Export an
+    evaluation-mode model. The example needs at least 2 steps and a batch of at least 2; the model then runs
+    any ``T`` and ``B``. ``export_kwargs`` go to ``torch.onnx.export`` (they override the names and dynamic
+    shapes chosen here). Trailing ``None`` arguments (``h0=None``) are left out of the graph. Returns the
+    ``ONNXProgram`` (also saved to ``path`` if given).
     """
     example = _as_tuple(args)
     while example and example[-1] is None:  # the defaults (h0=None): not graph inputs

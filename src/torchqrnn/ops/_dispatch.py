@@ -71,6 +71,10 @@ _kernel_modules: dict[tuple[str, str], ModuleType] = {}
 
 def kernel_module(op_package: str, backend: str) -> ModuleType:
     """The module of ``op_package`` holding a kernel backend's launchers, imported on first use."""
+    if torch.jit.is_tracing():  # a trace cannot record a kernel: say what works (legacy ONNX export too)
+        from ..export.jit_trace import traced_kernel_error
+
+        raise traced_kernel_error(backend)
     module = _kernel_modules.get((op_package, backend))
     if module is not None:  # the import machinery costs microseconds even for a loaded module
         return module

@@ -310,3 +310,7 @@ def forget_mult(
     else:
         out = _ForgetMultFunction.apply(f, x, h0, batch_first, reverse, chosen)
     return out.squeeze(1) if unbatched else out
+
+
+# Last: the op in torch ops and one scan, registered as its decomposition for torch.onnx.export.
+from . import scan as _scan  # noqa: E402, F401

@@ -430,3 +430,7 @@ def qrnn_pool(
         out, hn, _ = _qrnn_pool_impl(gates, h0, forget_mask, forget_scale, lengths, *options, chosen)
         return out, hn
     return _QRNNPoolFunction.apply(gates, h0, forget_mask, forget_scale, lengths, *options, chosen)
+
+
+# Last: the op in torch ops and one scan, registered as its decomposition for torch.onnx.export.
+from . import scan as _scan  # noqa: E402, F401
