@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrizations, prune
 
-from torchqrnn import QRNN, QRNNLayer
+from torchqrnn import QRNN, QRNNLayer, StreamingQRNN
 from torchqrnn.compat import fastai
 
 from .reference import reference_layer
@@ -385,3 +385,21 @@ def test_hooks_on_the_layers_of_a_stack_run() -> None:
         assert len(seen) == 6
     torch.testing.assert_close(output, expected)
     torch.testing.assert_close(output[..., :4], 2 * reference_layer(scaled, below)[0])
+
+
+@QUANTIZATION_WARNINGS
+def test_a_quantized_qrnn_streams() -> None:
+    """StreamingQRNN over a quantized QRNN: its zeros state, and steps equal the quantized stack's steps."""
+    qrnn, x = qrnn_case()
+    quantized = torch.ao.quantization.quantize_dynamic(qrnn, {nn.Linear}, dtype=torch.qint8)
+    streamer = StreamingQRNN(quantized)
+    state = streamer.initial_state(4)
+    assert state[0].dtype == torch.float32 and state[0].shape == (2, 4, 48)
+    with torch.no_grad():
+        steps, h, contexts = [], None, None
+        for step in x.split(1):
+            out, *state = streamer(step, *state)
+            steps.append(out)
+            expected, h, contexts = quantized.forward_stream(step, h, contexts)
+            torch.testing.assert_close(out, expected)
+        assert relative_error(torch.cat(steps), qrnn(x)[0]) < 0.03

@@ -53,8 +53,10 @@ class StreamingQRNN(nn.Module):
         dtype: what a sequence starting from scratch sees (zeros before it, zero cell states)."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"StreamingQRNN: expected batch_size to be an integer >= 1, got {batch_size!r}")
-        weight = next(self.qrnn.parameters())
-        zeros = lambda *shape: torch.zeros(shape, dtype=weight.dtype, device=weight.device)
+        # the projections' parameters' dtype and device; a quantized projection has none: float32 on the CPU
+        like = self.qrnn.layers[0]._parameter_like()  # type: ignore[operator]
+        dtype, device = (torch.float32, None) if like is None else (like.dtype, like.device)
+        zeros = lambda *shape: torch.zeros(shape, dtype=dtype, device=device)
         h0 = zeros(self.qrnn.num_layers, batch_size, self.qrnn.hidden_size)
         return (h0, *(zeros(*shape) for shape in self.context_shapes(batch_size)))
 
