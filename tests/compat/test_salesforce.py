@@ -59,8 +59,10 @@ def test_both_forget_mults_work_in_any_import_order(code: str) -> None:
     assert float(function) == float(module) == 0.875  # 1 - 0.5 ** 3
 
 
-def test_the_forget_mult_classes() -> None:
+def test_the_forget_mult_classes(monkeypatch: pytest.MonkeyPatch) -> None:
     from torchqrnn.forget_mult import CPUForgetMult, ForgetMult, GPUForgetMult
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # (the Triton tests' interpreter)
 
     f, x, h0 = torch.rand(5, 2, 3), torch.randn(5, 2, 3), torch.randn(2, 3)
     expected = torchqrnn.forget_mult(f, x, h0, backend="reference")
