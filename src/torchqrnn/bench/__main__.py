@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import textwrap
 from typing import NamedTuple
 
 # The names the GPU benchmark reads from here (the Figure 4 grid it shares with the layer benchmark).
@@ -44,7 +45,11 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="commands:\n"
-        + "\n".join(f"  {name:<12} {command.summary}" for name, command in COMMANDS.items()),
+        + "".join(
+            textwrap.fill(command.summary, 100, initial_indent=f"  {name:<13}", subsequent_indent=" " * 15)
+            + "\n"
+            for name, command in COMMANDS.items()
+        ),
     )
     parser.add_argument(
         "command", nargs="?", default="layer", help="one of the commands below (default: layer)"

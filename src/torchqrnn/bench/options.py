@@ -4,7 +4,6 @@ fails at once (``parser.error``: usage, the message, exit status 2), not after m
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 
 import torch
@@ -45,8 +44,12 @@ def check_device(parser: argparse.ArgumentParser, text: str | None, option: str 
 
 def check_plotting(parser: argparse.ArgumentParser, option: str) -> None:
     """``option`` draws with matplotlib, which must be installed."""
-    if importlib.util.find_spec("matplotlib") is None:
-        parser.error(f"{option} needs matplotlib, which is not installed: pip install 'torchqrnn[bench]'")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as error:
+        parser.error(
+            f"{option} needs matplotlib, which does not import ({error}): pip install 'torchqrnn[bench]'"
+        )
 
 
 def check_output_path(parser: argparse.ArgumentParser, option: str, path: str) -> None:
