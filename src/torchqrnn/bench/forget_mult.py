@@ -41,7 +41,7 @@ import torchqrnn
 
 from ..ops._cpu import MAX_THREADS, schedule
 from ..ops._numba_cache import njit
-from .options import check_output_path, positive_int
+from .options import check_output_path, command_parser, positive_int
 from .timing import interleaved, machine_info, ratio, run_fresh_python
 
 SHAPES = [(105, 20, 640), (1024, 1, 320), (64, 256, 320)]
@@ -264,11 +264,7 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 
 def parser() -> argparse.ArgumentParser:
-    result = argparse.ArgumentParser(
-        prog="python -m torchqrnn.bench forget-mult",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    result = command_parser("forget-mult", __doc__)
     result.add_argument("--quick", action="store_true", help="one tiny shape, few rounds (CI smoke run)")
     result.add_argument(
         "--shape",

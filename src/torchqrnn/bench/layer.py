@@ -31,7 +31,7 @@ from torch import nn
 from .. import QRNN, QRNNLayer
 from ..ops.linear import cpu_gemm, linear
 from .memory import peak_bytes
-from .options import check_device, check_output_path, check_plotting, positive_int
+from .options import check_device, check_output_path, check_plotting, command_parser, positive_int
 from .timing import Samples, interleaved, machine_info, ratio
 
 BATCHES = [8, 16, 32, 64, 128, 256]
@@ -323,11 +323,7 @@ def plot_figure4(report: dict[str, Any], path: str) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    result = argparse.ArgumentParser(
-        prog="python -m torchqrnn.bench layer",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    result = command_parser("layer", __doc__)
     result.add_argument("--quick", action="store_true", help="small shapes and few rounds: a smoke run")
     result.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
     result.add_argument(

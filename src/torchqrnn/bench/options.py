@@ -9,6 +9,15 @@ import os
 import torch
 
 
+def command_parser(command: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of ``python -m torchqrnn.bench COMMAND``, its module docstring as the description."""
+    return argparse.ArgumentParser(
+        prog=f"python -m torchqrnn.bench {command}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     try:
