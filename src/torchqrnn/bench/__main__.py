@@ -68,7 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         _parser().error(f"unknown command {argv[0]!r}; expected one of {', '.join(COMMANDS)}")
     else:
         name, rest = "layer", argv  # options without a command are the layer benchmark's
-    module = importlib.import_module(f"torchqrnn.bench.{COMMANDS[name].module}")
+    path = f"torchqrnn.bench.{COMMANDS[name].module}"
+    try:
+        module = importlib.import_module(path)
+    except ModuleNotFoundError as error:
+        if error.name != path:
+            raise  # a package the command needs: its own message says which
+        _parser().error(f"the {name!r} command is not part of this installation ({path} is missing)")
     return int(module.main(rest))
 
 

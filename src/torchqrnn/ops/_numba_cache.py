@@ -137,7 +137,7 @@ class TorchqrnnCacheLocator(caching._SourceFileBackedLocatorMixin, caching._Cach
 
 
 def _register() -> None:
-    # numba >= 0.65 calls the class CacheImpl, earlier versions _CacheImpl
+    # numba 0.68 names the class CacheImpl, older versions _CacheImpl; its subclasses share the list
     impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl
     if TorchqrnnCacheLocator not in impl._locator_classes:
         impl._locator_classes.insert(0, TorchqrnnCacheLocator)
