@@ -2,7 +2,7 @@
 
 From the repository's root::
 
-    python examples/language_model/generate.py --checkpoint qrnn.pt --words 200 --prompt "the company said"
+    python examples/language_model/generate.py --checkpoint runs/qrnn.pt --words 200 --prompt "the company"
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from model import RNNModel
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by train.py --save")
     parser.add_argument("--words", type=int, default=100, help="how many words to generate")
     parser.add_argument("--temperature", type=float, default=1.0, help="below 1: likelier words")
-    parser.add_argument("--prompt", default="", help="words to start from (default: a sentence start)")
-    parser.add_argument("--seed", type=int, default=1111)
+    parser.add_argument("--prompt", default="", help="words to start from ('': a sentence start)")
+    parser.add_argument("--seed", type=int, default=1111, help="random seed of the sampling")
     args = parser.parse_args(argv)
     if args.temperature < 1e-3:
         parser.error("--temperature: expected at least 1e-3")

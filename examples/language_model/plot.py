@@ -2,34 +2,44 @@
 
 From the repository's root::
 
-    python examples/language_model/plot.py qrnn.jsonl lstm.jsonl --out val_ppl.png
+    python examples/language_model/plot.py runs/qrnn.jsonl runs/lstm.jsonl --out runs/val_ppl.png
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 
 
-def read_log(path: str) -> tuple[str, list[float], list[float]]:
-    """The run's label, and its evaluations' wall-clock minutes and validation perplexities."""
-    label, minutes, ppl = path, [], []
+def read_log(path: str) -> list[tuple[str, list[float], list[float]]]:
+    """Each run in the log: its label, and its evaluations' wall-clock minutes and validation perplexities.
+
+    A log holds one run and the runs resumed from it; an older train.py appended every run to the same file,
+    so a ``start`` record at step 0 begins another run, drawn as a line of its own."""
+    runs: list[tuple[str, list[float], list[float]]] = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             record = json.loads(line)
-            if record["event"] == "start" and label == path:
-                label = f"{record['model']} ({record['params'] / 1e6:.1f}M params)"
+            if record["event"] == "start" and (record.get("step", 0) == 0 or not runs):
+                runs.append((f"{record['model']} ({record['params'] / 1e6:.1f}M params)", [], []))
             elif record["event"] == "eval":
-                minutes.append(record["seconds"] / 60)
-                ppl.append(record["val_ppl"])
-    return label, minutes, ppl
+                if not runs:
+                    runs.append((path, [], []))
+                runs[-1][1].append(record["seconds"] / 60)
+                runs[-1][2].append(record["val_ppl"])
+    if len(runs) > 1:
+        runs = [(f"{label}, run {i + 1}", minutes, ppl) for i, (label, minutes, ppl) in enumerate(runs)]
+    return runs
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("logs", nargs="+", help="JSON-lines logs written by train.py --log")
-    parser.add_argument("--out", default="val_ppl.png", help="PNG file to write")
-    parser.add_argument("--title", default="validation perplexity against wall-clock time")
+    parser.add_argument("--out", default="runs/val_ppl.png", help="PNG file to write (its folder is created)")
+    parser.add_argument("--title", default="validation perplexity against wall-clock time", help="the title")
     parser.add_argument("--labels", nargs="+", help="one legend entry per log (default: model and size)")
     args = parser.parse_args(argv)
     if args.labels and len(args.labels) != len(args.logs):
@@ -42,8 +52,8 @@ def main(argv: list[str] | None = None) -> str:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, path in enumerate(args.logs):
-        label, minutes, ppl = read_log(path)
-        ax.plot(minutes, ppl, marker="o", markersize=3, label=args.labels[i] if args.labels else label)
+        for label, minutes, ppl in read_log(path):
+            ax.plot(minutes, ppl, marker="o", markersize=3, label=args.labels[i] if args.labels else label)
     ax.set_xlabel("wall-clock minutes (training and evaluation)")
     ax.set_ylabel("validation perplexity")
     ax.set_yscale("log")
@@ -51,6 +61,7 @@ def main(argv: list[str] | None = None) -> str:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     fig.savefig(args.out, dpi=120)
     plt.close(fig)
     print(args.out)

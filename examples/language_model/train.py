@@ -7,24 +7,31 @@ regularisation, evaluation on valid and test. ``--model LSTM`` runs the same har
     # from the repository's root; the corpora are folders with train.txt, valid.txt, test.txt
     python examples/language_model/train.py --preset cpu-small --data ../shared/data/penn --minutes 10
     python examples/language_model/train.py --preset cpu-small --data ../shared/data/penn --model LSTM
-    python examples/language_model/train.py --preset awd-ptb --data data/penn --save PTB.pt  # awd-lstm-lm
-    python examples/language_model/train.py --resume PTB.pt                                 # after a kill
-    torchrun --nproc_per_node 2 examples/language_model/train.py --preset cpu-small ...     # DDP
+    python examples/language_model/train.py --preset awd-ptb --data data/penn --save runs/PTB.pt  # a recipe
+    python examples/language_model/train.py --resume runs/PTB.pt  # after a kill: on where it stopped
+    torchrun --nproc_per_node 2 examples/language_model/train.py --preset cpu-small ...  # DDP
 
 Every field of :class:`Config` is also an option (``--batch-size 20`` or awd-lstm-lm's ``--batch_size 20``);
 the order of precedence is Config's defaults, then the preset, then the command line. A checkpoint is
 written atomically (``--save``) at every evaluation; ``--resume`` restores the model, the optimizer, the data
 position, the recurrent state and the random generators, so the resumed run takes the very steps the killed
 one would have taken. The last line printed is one JSON object summarising the run.
+
+Each new run writes a new JSON-lines log: by default ``runs/<model>-<preset>-<date>-<time>.jsonl`` (``--out``
+is the folder, which .gitignore covers); a run resumed with ``--resume`` appends to the log of the run it
+continues. A new run refuses a ``--log`` or ``--save`` path that already exists, so an earlier run's log or
+checkpoint is never mixed with or overwritten by another run's.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
 import random
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -47,13 +54,13 @@ from model import RNNModel, detach
 @dataclass
 class Config:
     # The defaults are awd-lstm-lm's main.py defaults; a preset overrides some of them.
-    preset: str = ""  # where the values came from: "awd-ptb", "awd-wt2", "cpu-small" or "" (recorded only)
+    preset: str = ""  # a recipe: "awd-ptb", "awd-wt2" or "cpu-small" (it overrides some of these defaults)
     data: str = "data/penn"  # folder with train.txt, valid.txt, test.txt
     model: str = "QRNN"  # "QRNN" or "LSTM"
     # model
     emsize: int = 400  # word embedding size, also the last layer's hidden size (tied weights)
     nhid: int = 1150  # hidden size of the other layers
-    nlayers: int = 3
+    nlayers: int = 3  # recurrent layers
     # regularisation
     dropout: float = 0.4  # locked dropout on the last layer's output
     dropouth: float = 0.3  # locked dropout between layers
@@ -70,19 +77,20 @@ class Config:
     nonmono: int = 5  # switch to ASGD when validation is worse than the best from `nonmono` evaluations ago
     batch_size: int = 80  # columns of the training stream, all ranks together
     bptt: int = 70  # mean sequence length (5% of segments use bptt / 2, then N(., 5) jitter)
-    epochs: int = 8000
+    epochs: int = 8000  # passes over the training data
     # evaluation and logging
-    eval_batch_size: int = 10
-    test_batch_size: int = 1
+    eval_batch_size: int = 10  # columns of the validation stream
+    test_batch_size: int = 1  # columns of the test stream
     eval_interval: int = 0  # evaluate (and checkpoint) every this many steps, besides each epoch's end
     log_interval: int = 200  # steps between progress-bar updates of loss and perplexity
     # run
-    seed: int = 1111
+    seed: int = 1111  # random seed of the weights, the dropout masks and the segment lengths
     minutes: float = 0.0  # wall-clock budget over all resumed runs (training and evaluations), 0 = none
     max_steps: int = 0  # optimizer steps over all resumed runs, 0 = none
     save: str = ""  # checkpoint path, written at every evaluation
     resume: str = ""  # checkpoint to continue from (its config, then this command line's options)
-    log: str = ""  # JSON-lines log: a start record, one per evaluation, the summary
+    log: str = ""  # JSON-lines log (start, each evaluation, summary); "" = a new file in `out`, "none" = none
+    out: str = "runs"  # folder of the default log (created; .gitignore covers runs/)
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"
 
 
@@ -114,13 +122,32 @@ for _model in ("QRNN", "LSTM"):
     PRESETS["cpu-small"][_model].update(_SMALL)
 
 
-def parse_args(argv: list[str] | None) -> tuple[Config, dict[str, Any] | None]:
-    """The run's Config, and the checkpoint to resume from (or None)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def _option_help() -> dict[str, str]:
+    """Each Config field's help text: the comment on its line (Config's comments are the documentation)."""
+    source = inspect.getsource(Config)
+    return dict(re.findall(r"^    (\w+): [^=\n]+=[^#\n]+#\s*(.+)$", source, flags=re.MULTILINE))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One option per Config field; an option not given is absent from the result (argparse.SUPPRESS)."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    helps = _option_help()
     for f in fields(Config):
         # --batch-size, and awd-lstm-lm's spelling --batch_size
         names = {f"--{f.name.replace('_', '-')}", f"--{f.name}"}
-        parser.add_argument(*sorted(names), dest=f.name, type=type(f.default), default=argparse.SUPPRESS)
+        # argparse's ArgumentDefaultsHelpFormatter skips SUPPRESS defaults: the default is written here
+        help_text = f"{helps[f.name]} (default: {f.default!r})".replace("%", "%%")
+        parser.add_argument(
+            *sorted(names), dest=f.name, type=type(f.default), default=argparse.SUPPRESS, help=help_text
+        )
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> tuple[Config, dict[str, Any] | None]:
+    """The run's Config, and the checkpoint to resume from (or None)."""
+    parser = build_parser()
     given = vars(parser.parse_args(argv))
     if given.get("resume"):
         checkpoint = torch.load(given["resume"], map_location="cpu", weights_only=True)
@@ -130,8 +157,30 @@ def parse_args(argv: list[str] | None) -> tuple[Config, dict[str, Any] | None]:
     model = given.get("model", Config.model)
     if model not in ("QRNN", "LSTM"):
         parser.error(f"--model: expected QRNN or LSTM, got {model!r}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under DDP rank 0 writes them, and checks them alone
+        for option in ("log", "save"):
+            path = given.get(option, "")
+            if path not in ("", "none") and os.path.exists(path):
+                parser.error(
+                    f"--{option} {path}: it exists, and this is a new run; --resume CHECKPOINT continues "
+                    "a run, otherwise give another path or remove it"
+                )
     preset = PRESETS[given["preset"]][model] if given.get("preset") else {}
     return replace(Config(), **{**preset, **given}), None
+
+
+def new_log_path(cfg: Config) -> str:
+    """A file of its own in ``cfg.out`` for a new run's log, created here so that no other run takes it."""
+    os.makedirs(cfg.out, exist_ok=True)
+    stem = f"{cfg.model}-{cfg.preset or 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for n in range(1, 1000):
+        path = os.path.join(cfg.out, f"{stem}.jsonl" if n == 1 else f"{stem}-{n}.jsonl")
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free log name {stem}-N.jsonl in {cfg.out!r}")
 
 
 @dataclass
@@ -177,13 +226,19 @@ def averaged_weights(model: nn.Module, optimizer: torch.optim.Optimizer) -> Iter
 
 
 @torch.no_grad()
-def evaluate(model: RNNModel, source: Tensor, bptt: int) -> float:
-    """Mean cross-entropy per token over ``source`` ``(rows, B)``, every rank's columns together."""
+def evaluate(model: RNNModel, source: Tensor, bptt: int, desc: str = "", show: bool = False) -> float:
+    """Mean cross-entropy per token over ``source`` ``(rows, B)``, every rank's columns together.
+
+    With ``show``, a progress bar (``desc``) counts the segments on stderr and vanishes when done."""
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=source.device)  # [sum of losses, tokens]
     if source.shape[1] > 0:  # a rank can hold no column when the batch is smaller than the world
         state = model.init_state(source.shape[1])
-        for i in range(0, source.shape[0] - 1, bptt):
+        starts = range(0, source.shape[0] - 1, bptt)
+        bar = tqdm(
+            starts, desc=desc, unit="seg", leave=False, disable=not show, mininterval=1.0, dynamic_ncols=True
+        )
+        for i in bar:
             x, y = get_batch(source, i, bptt)
             logits, state, _, _ = model(x, state)
             total[0] += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum")  # (T*B, V)
@@ -218,7 +273,7 @@ def save_atomically(obj: dict[str, Any], path: str) -> None:
 
 
 def log_record(path: str, record: dict[str, Any]) -> None:
-    if path:
+    if path not in ("", "none"):
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -278,9 +333,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     trainer = DistributedDataParallel(model, device_ids=[device] if cuda else None) if world > 1 else model
 
     if master:
+        if not cfg.log:  # a new run: a new log of its own (a resumed one keeps its run's log)
+            cfg = replace(cfg, log=new_log_path(cfg))
+        for path in (cfg.log, cfg.save):
+            if path not in ("", "none") and os.path.dirname(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
         what = f"resumed at step {progress.step}" if checkpoint else "from scratch"
         print(f"{cfg.model} {params:,} parameters, {ntoken:,} words, {world} process(es) on {device}, {what}")
         print(json.dumps(asdict(cfg)))
+        if cfg.log != "none":
+            print(f"log: {cfg.log}")
         log_record(cfg.log, {"event": "start", "model": cfg.model, "params": params, "world_size": world,
                              "step": progress.step, "config": asdict(cfg)})  # fmt: skip
 
@@ -307,7 +369,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         nonlocal optimizer
         started = time.perf_counter()
         with averaged_weights(model, optimizer):
-            val_loss = evaluate(model, val_data, cfg.bptt)
+            val_loss = evaluate(model, val_data, cfg.bptt, "validating", show=master)
         stalled = len(progress.val_losses) > cfg.nonmono and val_loss > min(
             progress.val_losses[: len(progress.val_losses) - cfg.nonmono]
         )
@@ -426,7 +488,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # -- final evaluation and summary
     with averaged_weights(model, optimizer):
-        test_loss = evaluate(model, test_data, cfg.bptt)
+        test_loss = evaluate(model, test_data, cfg.bptt, "testing", show=master)
     train_seconds = progress.seconds - progress.eval_seconds
     summary = {
         "model": cfg.model,

@@ -66,7 +66,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run(corpus: Path, *args: str) -> dict[str, Any]:
-    return train.main(["--data", str(corpus), *TINY, *args])
+    # default logs go to a folder beside the corpus, never into the repository
+    return train.main(["--data", str(corpus), "--out", str(corpus.parent / "runs"), *TINY, *args])
 
 
 def records(log: Path, event: str) -> list[dict[str, Any]]:
@@ -202,6 +203,7 @@ def test_minutes_budget_stops_cleanly(corpus: Path, tmp_path: Path, capsys: pyte
 def test_ddp_two_processes_equal_one_process(corpus: Path, tmp_path: Path) -> None:
     # All dropouts off: each rank draws its own masks, so only then is the comparison exact.
     args = ["--data", str(corpus), *TINY, *NO_DROPOUT, "--max-steps", "5", "--seed", "3"]
+    args += ["--out", str(tmp_path / "runs")]  # (torchrun's own parser takes --log for its --log-dir)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(LM / "train.py"), *args, "--save", str(tmp_path / "ddp.pt")]  # fmt: skip
@@ -219,6 +221,74 @@ def test_ddp_two_processes_equal_one_process(corpus: Path, tmp_path: Path) -> No
             torch.testing.assert_close(t_ddp, t_single, rtol=1e-4, atol=1e-5)
     assert ddp_summary["val_ppl"] == pytest.approx(single_summary["val_ppl"], rel=1e-4)
     assert ddp_summary["test_ppl"] == pytest.approx(single_summary["test_ppl"], rel=1e-4)
+
+
+# -- the command line, the logs and the progress shown
+
+
+def test_every_option_has_help_with_its_default(capsys: pytest.CaptureFixture) -> None:
+    helps = train._option_help()
+    fields = {f.name: f for f in train.fields(train.Config)}
+    assert set(helps) == set(fields) and all(helps.values())  # one comment per Config field
+    actions = {a.dest: a for a in train.build_parser()._actions if a.dest != "help"}
+    assert set(actions) == set(fields)
+    for name, action in actions.items():
+        assert action.help == f"{helps[name]} (default: {fields[name].default!r})".replace("%", "%%")
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    assert capsys.readouterr().out.count("(default:") == len(fields)
+
+
+def test_each_new_run_starts_a_new_log_and_a_resumed_run_continues_it(corpus: Path, tmp_path: Path) -> None:
+    out, checkpoint = tmp_path / "runs", tmp_path / "run.pt"
+    common = ["--data", str(corpus), *TINY, "--out", str(out), "--eval-interval", "3"]
+    train.main([*common, "--max-steps", "3", "--save", str(checkpoint)])
+    train.main([*common, "--max-steps", "3"])  # the same command again: a log of its own
+    logs = sorted(out.glob("QRNN-custom-*.jsonl"))
+    assert len(logs) == 2
+    for log in logs:
+        assert len(records(log, "start")) == 1 and len(records(log, "summary")) == 1
+    first = next(log for log in logs if records(log, "start")[0]["config"]["save"] == str(checkpoint))
+    train.main(["--resume", str(checkpoint), "--max-steps", "6"])
+    starts = records(first, "start")
+    assert [r["step"] for r in starts] == [0, 3]  # appended to the run it continues
+    import plot  # one run, resumed: one line
+
+    (_, minutes, ppl), *others = plot.read_log(str(first))
+    assert not others and len(ppl) == 2 and minutes == sorted(minutes)
+
+
+def test_a_new_run_refuses_an_existing_log_or_checkpoint(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    existing = tmp_path / "old.jsonl"
+    existing.write_text('{"event": "start"}\n')
+    for option in ("--log", "--save"):
+        with pytest.raises(SystemExit) as exit_info:
+            run(corpus, option, str(existing), "--max-steps", "1")
+        assert exit_info.value.code == 2
+        assert f"{option} {existing}: it exists, and this is a new run" in capsys.readouterr().err
+    assert existing.read_text() == '{"event": "start"}\n'
+
+
+def test_evaluation_shows_progress(corpus: Path, capsys: pytest.CaptureFixture) -> None:
+    run(corpus, "--max-steps", "2", "--log", "none")
+    err = capsys.readouterr().err
+    assert "validating" in err and "testing" in err  # the bars of the final validation and test
+
+
+def test_plot_draws_each_run_of_an_old_appended_log_apart(tmp_path: Path) -> None:
+    import plot
+
+    lines = []
+    for run_seconds in ([60, 120], [30, 90, 150]):  # two runs appended to one file by an older train.py
+        lines.append({"event": "start", "model": "QRNN", "params": 2e6, "step": 0})
+        lines += [{"event": "eval", "seconds": s, "val_ppl": 100.0} for s in run_seconds]
+    log = tmp_path / "old.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    runs = plot.read_log(str(log))
+    assert [label for label, _, _ in runs] == ["QRNN (2.0M params), run 1", "QRNN (2.0M params), run 2"]
+    assert [minutes for _, minutes, _ in runs] == [[1.0, 2.0], [0.5, 1.5, 2.5]]
 
 
 # -- after training: the plot and text generation

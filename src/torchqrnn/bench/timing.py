@@ -7,6 +7,7 @@ median over rounds of the per-round ratio, which cancels most of the drift.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import statistics
@@ -17,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+from .. import __version__ as torchqrnn_version
 
 
 @dataclass
@@ -100,10 +103,12 @@ def machine_info() -> dict[str, object]:
     except OSError:
         pass
     versions: dict[str, str] = {"python": platform.python_version(), "torch": torch.__version__}
-    for package in ("numba", "triton", "torchqrnn"):
-        module = sys.modules.get(package)
-        if module is not None:
-            versions[package] = getattr(module, "__version__", "?")
+    for package in ("numba", "triton"):  # the installed versions, without importing them
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    versions["torchqrnn"] = torchqrnn_version
     return {
         "cpu": cpu,
         "logical_cpus": os.cpu_count(),

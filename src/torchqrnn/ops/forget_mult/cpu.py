@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import prange
 from torch import Tensor
 
 from .._cpu import compute_dtype, flat, layout_rows, schedule, state_array, unit_last_stride
+from .._numba_cache import njit
 
 # Rows of the layout table, one per operand.
 _F, _X, _OUT, _DOUT, _DF, _DX = range(6)

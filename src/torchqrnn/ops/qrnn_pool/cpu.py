@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import prange
 from torch import Tensor
 
 from .._cpu import (
@@ -27,6 +27,7 @@ from .._cpu import (
     tanh,
     unit_last_stride,
 )
+from .._numba_cache import njit
 
 # LLVM may contract multiply-adds into FMAs and divide through a reciprocal (refined by a Newton step): the
 # three activations' divisions dominate the forward pass, which this makes about 1.3x faster, and the

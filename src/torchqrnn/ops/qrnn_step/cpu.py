@@ -15,10 +15,11 @@ import weakref
 
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import prange
 from torch import Tensor
 
 from .._cpu import MAX_THREADS, NO_STATE, sigmoid, tanh, use_threads
+from .._numba_cache import njit
 
 # Dots may be reassociated (vectorised sums): a step's rounding differs from F.linear's by a few ulps.
 _FASTMATH = {"arcp", "contract", "reassoc"}

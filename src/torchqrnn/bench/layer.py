@@ -1,0 +1,381 @@
+"""``python -m torchqrnn.bench [layer]``: how fast a QRNN is here, against nn.LSTM and nn.GRU (a minute).
+
+Prints each figure as it is measured, and writes them as JSON (``--json``) and a PNG heatmap (``--plot``):
+
+1. the paper's Figure 4 grid: inference speed-up of a 320-unit QRNN layer over an equal ``nn.LSTM``, for
+   batch x sequence length, beside the paper's cuDNN numbers;
+2. training time per batch in the paper's PTB setting (2 layers of 640 units, 20 x 105 steps): QRNN vs
+   ``nn.LSTM`` vs ``nn.GRU``, and one QRNN layer against its own projection GEMM (forward+backward), the
+   floor a QRNN layer cannot go below;
+3. a long sequence (T = 1024, B = 1) in training, where an LSTM's step-by-step recurrence hurts most;
+4. streaming latency per step, batch 1, 320 units: a QRNN layer called with T = 1 vs ``nn.LSTMCell`` /
+   ``nn.GRUCell``;
+5. peak memory of a training step (the PTB setting, CPU): QRNN vs ``nn.LSTM``.
+
+Candidates are timed interleaved in the same rounds and ratios are medians of per-round ratios (see
+``torchqrnn.bench.timing``): this project's machines drift by 2x within seconds. ``--quick`` is a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import QRNN, QRNNLayer
+from ..ops.linear import cpu_gemm, linear
+from .memory import peak_bytes
+from .options import check_device, check_output_path, check_plotting, command_parser, positive_int
+from .timing import Samples, interleaved, machine_info, ratio
+
+BATCHES = [8, 16, 32, 64, 128, 256]
+LENGTHS = [32, 64, 128, 256, 512]
+# The paper's Figure 4 (right), transcribed: inference speed-up of a 320-unit QRNN layer over an equal
+# cuDNN LSTM layer on a GPU, by batch size (rows) and sequence length (columns).
+PAPER_GRID = {
+    8: [5.5, 8.8, 11.0, 12.4, 16.9],
+    16: [5.5, 6.7, 7.8, 8.3, 10.8],
+    32: [4.2, 4.5, 4.9, 4.9, 6.4],
+    64: [3.0, 3.0, 3.0, 3.0, 3.7],
+    128: [2.1, 1.9, 2.0, 2.0, 2.4],
+    256: [1.4, 1.4, 1.3, 1.3, 1.3],
+}
+
+
+@dataclass
+class Budget:
+    """How long each measurement may take: rounds of interleaved samples, each at least ``min_seconds``."""
+
+    rounds: int = 5
+    min_seconds: float = 0.02
+
+
+@dataclass
+class Run:
+    """What every section gets: where to run, how long to measure, and how to print as it goes."""
+
+    device: torch.device
+    budget: Budget
+    quick: bool
+    out: Any = field(default_factory=lambda: sys.stdout)
+    sections_printed: int = 0
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def timed(self, fn: Callable[[], object]) -> Callable[[], None]:
+        """``fn`` followed by a device synchronisation, so that a sample covers the work it launched."""
+
+        def run() -> None:
+            fn()
+            self.sync()
+
+        return run
+
+    def time(
+        self,
+        candidates: dict[str, Callable[[], object]],
+        min_seconds: float | None = None,
+        budget: Budget | None = None,
+    ) -> dict[str, Samples]:
+        budget = budget or self.budget
+        seconds = budget.min_seconds if min_seconds is None else min(budget.min_seconds, min_seconds)
+        return interleaved(candidates, rounds=budget.rounds, min_seconds=seconds)
+
+    def heading(self, title: str) -> None:
+        self.sections_printed += 1
+        self.print(f"\n{self.sections_printed}. {title}")
+
+    def print(self, text: str = "", end: str = "\n") -> None:
+        print(text, end=end, file=self.out, flush=True)
+
+
+def _training_step(model: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        for p in model.parameters():
+            p.grad = None
+        output = model(x)[0]
+        output.backward(grad)
+
+    return step
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sections: each measures, prints its lines as it measures them, and returns its part of the JSON report
+# (None where it does not apply). A new figure is one more function here and one more entry in SECTIONS.
+
+
+def figure4_grid(run: Run) -> dict[str, Any]:
+    """LSTM time / QRNN time for inference (eval, no grad) of one 320-unit layer, per (batch, length)."""
+    batches, lengths = ([8, 16], [32, 64]) if run.quick else (BATCHES, LENGTHS)
+    size, device = 320, run.device
+    qrnn = QRNN(size, size, device=device).eval()
+    lstm = nn.LSTM(size, size, device=device).eval()
+    run.heading(
+        "Inference speed-up of a 320-unit QRNN layer over nn.LSTM (paper's cuDNN numbers in brackets)"
+    )
+    run.print("   batch \\ T " + "".join(f"{t:>14}" for t in lengths))
+    cells: dict[str, Any] = {}
+    with torch.no_grad():
+        for batch in batches:
+            run.print(f"   {batch:>9} ", end="")
+            paper = PAPER_GRID.get(batch, [])
+            for steps in lengths:
+                x = torch.randn(steps, batch, size, device=device)
+                samples = run.time(
+                    {
+                        "qrnn": run.timed(lambda x=x: qrnn(x)),  # type: ignore[misc]
+                        "lstm": run.timed(lambda x=x: lstm(x)),  # type: ignore[misc]
+                    },
+                    min_seconds=0.01,
+                )
+                speedup = ratio(samples["lstm"], samples["qrnn"])
+                cells[f"{batch}x{steps}"] = {
+                    "qrnn_ms": samples["qrnn"].median * 1e3,
+                    "lstm_ms": samples["lstm"].median * 1e3,
+                    "speedup": speedup,
+                }
+                k = LENGTHS.index(steps) if steps in LENGTHS else len(paper)
+                bracket = f" [{paper[k]:.1f}]" if k < len(paper) else ""
+                run.print(f"{speedup:>8.1f}x{bracket:>6}", end="")
+            run.print()
+    speedups = [cell["speedup"] for cell in cells.values()]
+    run.print(f"   slowest cell {min(speedups):.2f}x, fastest {max(speedups):.2f}x")
+    return {"batches": batches, "lengths": lengths, "cells": cells}
+
+
+def ptb_training(run: Run) -> dict[str, Any]:
+    """Per-batch training time in the paper's PTB setting, and one layer against its projection GEMM."""
+    steps, batch, size = (21, 4, 128) if run.quick else (105, 20, 640)
+    device = run.device
+    run.heading(f"Training step, 2 layers x {size} units, batch {batch} x {steps} steps")
+    x = torch.randn(steps, batch, size, device=device)
+    grad = torch.randn(steps, batch, size, device=device)
+    models = {
+        "qrnn": QRNN(size, size, num_layers=2, window=[2, 1], device=device),
+        "lstm": nn.LSTM(size, size, num_layers=2, device=device),
+        "gru": nn.GRU(size, size, num_layers=2, device=device),
+    }
+    samples = run.time({name: run.timed(_training_step(m, x, grad)) for name, m in models.items()})
+    lstm_over_qrnn, gru_over_qrnn = (
+        ratio(samples["lstm"], samples["qrnn"]),
+        ratio(samples["gru"], samples["qrnn"]),
+    )
+    run.print("   " + ", ".join(f"{name} {s.median * 1e3:.1f} ms" for name, s in samples.items()))
+    run.print(f"   nn.LSTM / QRNN = {lstm_over_qrnn:.2f}x, nn.GRU / QRNN = {gru_over_qrnn:.2f}x")
+
+    # One layer as in the middle of a network (its input needs a gradient) against its projection alone
+    # (the same GEMMs, forward and backward: dX and dW, through the same F.linear / oneDNN choices) and
+    # against one nn.LSTM layer of the same size: the PTB layer the speed targets are stated for.
+    layer = QRNNLayer(size, size, device=device)
+    lstm_layer = nn.LSTM(size, size, device=device)
+    x_layer = x.clone().requires_grad_()
+    weight, bias = layer.linear.weight, layer.linear.bias
+    gates_grad = torch.randn(steps, batch, 3 * size, device=device)
+
+    def layer_step() -> None:
+        x_layer.grad = weight.grad = bias.grad = None
+        layer(x_layer)[0].backward(grad)
+
+    def gemm_step() -> None:
+        x_layer.grad = weight.grad = bias.grad = None
+        linear(x_layer, weight, bias).backward(gates_grad)
+
+    def lstm_step() -> None:
+        x_layer.grad = None
+        for p in lstm_layer.parameters():
+            p.grad = None
+        lstm_layer(x_layer)[0].backward(grad)
+
+    layer_samples = run.time(
+        {"layer": run.timed(layer_step), "gemm": run.timed(gemm_step), "lstm": run.timed(lstm_step)}
+    )
+    result: dict[str, Any] = {
+        "shape": {"steps": steps, "batch": batch, "units": size, "layers": 2},
+        "ms": {name: s.median * 1e3 for name, s in samples.items()},
+        "lstm_over_qrnn": lstm_over_qrnn,
+        "gru_over_qrnn": gru_over_qrnn,
+        "layer_ms": layer_samples["layer"].median * 1e3,
+        "layer_gemm_ms": layer_samples["gemm"].median * 1e3,
+        "layer_over_gemm": ratio(layer_samples["layer"], layer_samples["gemm"]),
+        "layer_lstm_ms": layer_samples["lstm"].median * 1e3,
+        "lstm_layer_over_layer": ratio(layer_samples["lstm"], layer_samples["layer"]),
+        "cpu_gemm": cpu_gemm() if device.type == "cpu" else None,
+    }
+    run.print(
+        f"   one QRNN layer {result['layer_ms']:.2f} ms vs its projection GEMM alone "
+        f"{result['layer_gemm_ms']:.2f} ms (forward+backward, GEMM: {result['cpu_gemm']}): "
+        f"{result['layer_over_gemm']:.2f}x the floor; one nn.LSTM layer {result['layer_lstm_ms']:.2f} ms, "
+        f"{result['lstm_layer_over_layer']:.2f}x the QRNN layer"
+    )
+    return result
+
+
+def long_sequence_training(run: Run) -> dict[str, Any]:
+    """T = 1024, B = 1, 320 units, training: where an LSTM's step-by-step recurrence hurts most."""
+    steps, size = (128, 64) if run.quick else (1024, 320)
+    device = run.device
+    run.heading(f"Long sequence, training: T={steps}, B=1, {size} units")
+    x = torch.randn(steps, 1, size, device=device)
+    grad = torch.randn(steps, 1, size, device=device)
+    qrnn, lstm = QRNN(size, size, device=device), nn.LSTM(size, size, device=device)
+    samples = run.time(
+        {"qrnn": run.timed(_training_step(qrnn, x, grad)), "lstm": run.timed(_training_step(lstm, x, grad))}
+    )
+    result: dict[str, Any] = {
+        "shape": {"steps": steps, "batch": 1, "units": size},
+        "ms": {name: s.median * 1e3 for name, s in samples.items()},
+        "lstm_over_qrnn": ratio(samples["lstm"], samples["qrnn"]),
+    }
+    run.print(
+        f"   QRNN {result['ms']['qrnn']:.2f} ms, nn.LSTM {result['ms']['lstm']:.2f} ms: "
+        f"nn.LSTM / QRNN = {result['lstm_over_qrnn']:.2f}x"
+    )
+    return result
+
+
+def streaming(run: Run) -> dict[str, Any]:
+    """Latency of one step at batch 1: a QRNN layer fed T = 1 chunks vs the LSTM and GRU cells."""
+    size, device = 320, run.device
+    run.heading(f"Streaming, batch 1, {size} units, one step per call")
+    layer = QRNNLayer(size, size, device=device).eval()
+    lstm, gru = nn.LSTMCell(size, size, device=device), nn.GRUCell(size, size, device=device)
+    x_t, h, c = (torch.randn(1, size, device=device) for _ in range(3))
+    x_seq, state = x_t.unsqueeze(0), torch.zeros(1, size, device=device)
+    # a step is ~50 us: many rounds of longer samples, so that the machine's drift averages out
+    budget = Budget(max(run.budget.rounds, 15), run.budget.min_seconds * 2.5)
+    with torch.no_grad():
+        samples = run.time(
+            {
+                "qrnn": run.timed(lambda: layer(x_seq, state)),
+                "lstm_cell": run.timed(lambda: lstm(x_t, (h, c))),
+                "gru_cell": run.timed(lambda: gru(x_t, h)),
+                "matvec": run.timed(lambda: linear(x_t, layer.linear.weight, layer.linear.bias)),
+            },
+            budget=budget,
+        )
+    result: dict[str, Any] = {
+        "us": {name: s.median * 1e6 for name, s in samples.items()},
+        "lstm_cell_over_qrnn": ratio(samples["lstm_cell"], samples["qrnn"]),
+        "gru_cell_over_qrnn": ratio(samples["gru_cell"], samples["qrnn"]),
+        "qrnn_over_matvec": ratio(samples["qrnn"], samples["matvec"]),
+    }
+    run.print("   " + ", ".join(f"{name} {us:.1f} us" for name, us in result["us"].items()))
+    run.print(
+        f"   nn.LSTMCell / QRNN = {result['lstm_cell_over_qrnn']:.2f}x, nn.GRUCell / QRNN = "
+        f"{result['gru_cell_over_qrnn']:.2f}x; a QRNN step costs {result['qrnn_over_matvec']:.2f}x its "
+        "matrix-vector product"
+    )
+    return result
+
+
+def training_memory(run: Run) -> dict[str, Any] | None:
+    """Peak bytes of one training step in the PTB setting (CPU, glibc): QRNN vs nn.LSTM."""
+    if run.device.type != "cpu":
+        return None
+    steps, batch, size = (21, 4, 128) if run.quick else (105, 20, 640)
+    run.heading(f"Peak memory of a training step, 2 layers x {size} units, batch {batch} x {steps} steps")
+    x, grad = torch.randn(steps, batch, size), torch.randn(steps, batch, size)
+    peaks = {
+        name: peak_bytes(_training_step(model, x, grad))
+        for name, model in (("qrnn", QRNN(size, size, 2, window=[2, 1])), ("lstm", nn.LSTM(size, size, 2)))
+    }
+    mb = {k: None if v is None else v / 1e6 for k, v in peaks.items()}
+    if mb["qrnn"] is None or mb["lstm"] is None:
+        run.print("   not measured (needs glibc's mallinfo2)")
+    else:
+        run.print(f"   QRNN {mb['qrnn']:.1f} MB, nn.LSTM {mb['lstm']:.1f} MB")
+    return {"mb": mb}
+
+
+# report key -> section, in the order they run and print
+SECTIONS: dict[str, Callable[[Run], dict[str, Any] | None]] = {
+    "figure4": figure4_grid,
+    "ptb_training": ptb_training,
+    "long_sequence": long_sequence_training,
+    "streaming": streaming,
+    "memory": training_memory,
+}
+
+
+def plot_figure4(report: dict[str, Any], path: str) -> None:
+    """The Figure 4 grid as a PNG heatmap (log colour scale centred on 1x)."""
+    from .heatmap import save_ratio_heatmap
+
+    grid = report["figure4"]
+    save_ratio_heatmap(
+        [[grid["cells"][f"{b}x{t}"]["speedup"] for t in grid["lengths"]] for b in grid["batches"]],
+        rows=[str(b) for b in grid["batches"]],
+        columns=[str(t) for t in grid["lengths"]],
+        path=path,
+        title=f"QRNN layer inference speed-up over nn.LSTM ({report['device']})",
+        xlabel="sequence length",
+        ylabel="batch size",
+        colorbar_label="nn.LSTM time / QRNN time",
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    result = command_parser("layer", __doc__)
+    result.add_argument("--quick", action="store_true", help="small shapes and few rounds: a smoke run")
+    result.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
+    result.add_argument(
+        "--rounds", type=positive_int, default=None, help="interleaved rounds per measurement"
+    )
+    result.add_argument(
+        "--only",
+        metavar="SECTION",
+        action="append",
+        choices=list(SECTIONS),
+        help=f"run only this section (repeatable; one of {', '.join(SECTIONS)}; default: all)",
+    )
+    result.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    result.add_argument(
+        "--plot", metavar="PATH", help="write the Figure 4 grid as a PNG heatmap (matplotlib)"
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_parser = parser()
+    args = args_parser.parse_args(argv)
+    # every option is checked before the first measurement, so that a bad one fails at once
+    device = check_device(args_parser, args.device)
+    sections = args.only or list(SECTIONS)
+    if args.plot:
+        if "figure4" not in sections:
+            args_parser.error("--plot draws the figure4 section, which --only leaves out")
+        check_plotting(args_parser, "--plot")
+        check_output_path(args_parser, "--plot", args.plot)
+    if args.json:
+        check_output_path(args_parser, "--json", args.json)
+    budget = Budget(rounds=2, min_seconds=0.002) if args.quick else Budget()
+    if args.rounds:
+        budget.rounds = args.rounds
+
+    torch.manual_seed(0)
+    run = Run(device, budget, args.quick)
+    info = machine_info()
+    run.print(f"# torchqrnn benchmark on {device}: {info['cpu']}, {info['torch_threads']} threads")
+    run.print(f"# versions: {info['versions']}")
+    run.print("# times: medians of interleaved rounds; ratios: medians of per-round ratios")
+    report: dict[str, Any] = {"device": str(device), "machine": info, "quick": args.quick}
+    for name in sections:
+        report[name] = SECTIONS[name](run)
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(report, out, indent=2)
+    if args.plot:
+        plot_figure4(report, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
