@@ -84,10 +84,53 @@ def choose_chunk(steps: int, batch: int, hidden: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Kernels. Grid: (batch, column blocks, chunks); the sequential schedule is one chunk of T steps.
+# Specialization. Triton compiles a kernel once per class of its integer arguments (equal to 1, divisible
+# by 16, other) unless they are marked ``do_not_specialize``. Left to it, the arguments that carry the
+# sequence length T would compile new binaries as T changes, which a language model with variable BPTT
+# does at every batch (0.1-0.9 s each): T itself, the chunk length, the first row of a reverse walk
+# (T - 1), the chunk count, and the batch strides of batch-first operands (T * H). So none of them is
+# specialized, and this costs no speed where it matters:
+#
+# * T, the chunk length and the first row only bound the time loops and offset a loop-variant row index:
+#   the compiler cannot use their divisibility for anything (the pipelined loop is the same code for any
+#   trip count, and ``row`` has no known divisibility either way).
+# * What the batch strides' divisibility did buy is the alignment of each program's base address, which
+#   16-byte vector loads and copies into shared memory need. ``BATCH_ALIGNED`` (a constexpr) restores it:
+#   when every streamed operand's time and batch strides are multiples of 16 elements, the kernel rewrites
+#   the batch strides as ``stride // 16 * 16``, which shows the compiler the same divisibility, so it
+#   compiles the same loads and stores the specialized strides gave (checked on the PTX for sm_90: the
+#   same vector widths and copies into shared memory, float32, bfloat16 and float16, both layouts). The flag includes the time strides so that it does not depend on T: a
+#   batch-first operand has time stride H and batch stride T * H, both multiples of 16 for every T when
+#   H is one, while when H is not, the time stride already rules vector loads out whatever T is.
+#
+# ``tests/ops/test_triton_specializations.py`` sweeps T and counts the binaries each launcher compiles.
+
+_SPECIALIZED_ALIGNMENT = 16  # the divisibility Triton's integer specialization tracks
+
+
+def _batch_aligned(*operands: Tensor) -> bool:
+    """Whether the time and batch strides (dims 0 and 1) of every ``(T, B, ...)`` operand are multiples of 16."""
+    return all(
+        t.stride(0) % _SPECIALIZED_ALIGNMENT == 0 and t.stride(1) % _SPECIALIZED_ALIGNMENT == 0
+        for t in operands
+    )
 
 
 @triton.jit
+def _batch_stride(stride, BATCH_ALIGNED: tl.constexpr):
+    """A batch stride, declared a multiple of 16 when the launcher found it one (see above)."""
+    if BATCH_ALIGNED:
+        # exact for a multiple of 16, and the product tells the compiler so (a tl.multiple_of hint on
+        # a scalar argument does not reach its alignment analysis)
+        stride = stride // 16 * 16
+    return stride
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Kernels. Grid: (batch, column blocks, chunks); the sequential schedule is one chunk of T steps.
+
+
+@triton.jit(do_not_specialize=["steps", "chunk_steps", "row0", "stride_fb", "stride_xb", "stride_ob"])
 def _forward_kernel(
     f_ptr,
     x_ptr,
@@ -111,11 +154,15 @@ def _forward_kernel(
     stride_ib,
     stride_ih,
     HAS_INIT: tl.constexpr,
+    BATCH_ALIGNED: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_H: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
     """Every h of one chunk, started from ``init[chunk]`` (h0, or the chunk's carry) or zeros."""
+    stride_fb = _batch_stride(stride_fb, BATCH_ALIGNED)
+    stride_xb = _batch_stride(stride_xb, BATCH_ALIGNED)
+    stride_ob = _batch_stride(stride_ob, BATCH_ALIGNED)
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = cols < hidden
@@ -139,7 +186,7 @@ def _forward_kernel(
         tl.store(out_base + row * stride_ot, h.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["steps", "chunk_steps", "row0", "stride_fb", "stride_xb"])
 def _forward_summary_kernel(
     f_ptr,
     x_ptr,
@@ -156,11 +203,14 @@ def _forward_summary_kernel(
     stride_xt,
     stride_xb,
     stride_xh,
+    BATCH_ALIGNED: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_H: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
     """Per chunk: the h it reaches from a zero start, and the product of its (1 - f)."""
+    stride_fb = _batch_stride(stride_fb, BATCH_ALIGNED)
+    stride_xb = _batch_stride(stride_xb, BATCH_ALIGNED)
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = cols < hidden
@@ -183,7 +233,7 @@ def _forward_summary_kernel(
     tl.store(state_ptr + summary, h, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["chunks"])
 def _combine_chunks_kernel(
     decay_ptr,
     state_ptr,
@@ -225,7 +275,19 @@ def _backward_step(g_ptrs, f_ptrs, x_ptrs, df_ptrs, dx_ptrs, h_prev, carry, mask
     return (1.0 - f) * g
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=[
+        "steps",
+        "chunk_steps",
+        "row0",
+        "stride_gb",
+        "stride_fb",
+        "stride_xb",
+        "stride_ob",
+        "stride_dfb",
+        "stride_dxb",
+    ]
+)
 def _backward_kernel(
     dout_ptr,
     f_ptr,
@@ -268,12 +330,19 @@ def _backward_kernel(
     stride_d0h,
     HAS_H0: tl.constexpr,
     HAS_INIT: tl.constexpr,
+    BATCH_ALIGNED: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_H: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
     """df, dx of one chunk, walking against the forward's direction from the carry ``init[chunk]`` or
     zeros; the chunk holding the forward's first step also writes dh0."""
+    stride_gb = _batch_stride(stride_gb, BATCH_ALIGNED)
+    stride_fb = _batch_stride(stride_fb, BATCH_ALIGNED)
+    stride_xb = _batch_stride(stride_xb, BATCH_ALIGNED)
+    stride_ob = _batch_stride(stride_ob, BATCH_ALIGNED)
+    stride_dfb = _batch_stride(stride_dfb, BATCH_ALIGNED)
+    stride_dxb = _batch_stride(stride_dxb, BATCH_ALIGNED)
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = cols < hidden
@@ -328,7 +397,7 @@ def _backward_kernel(
         tl.store(dh0_ptr + b * stride_d0b + cols * stride_d0h, carry.to(dh0_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["steps", "chunk_steps", "row0", "stride_gb", "stride_fb"])
 def _backward_summary_kernel(
     dout_ptr,
     f_ptr,
@@ -345,11 +414,14 @@ def _backward_summary_kernel(
     stride_ft,
     stride_fb,
     stride_fh,
+    BATCH_ALIGNED: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_H: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
     """Per chunk of the backward walk: the carry it passes on from a zero start, and the product of 1 - f."""
+    stride_gb = _batch_stride(stride_gb, BATCH_ALIGNED)
+    stride_fb = _batch_stride(stride_fb, BATCH_ALIGNED)
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = cols < hidden
@@ -425,6 +497,7 @@ def _chunk_carries(
         hidden,
         *operands[0].stride(),
         *operands[1].stride(),
+        BATCH_ALIGNED=_batch_aligned(*operands),
         ACC=acc,
         BLOCK_H=block_h,
         NUM_STAGES=_NUM_STAGES,
@@ -478,6 +551,7 @@ def forward(f: Tensor, x: Tensor, h0: Tensor | None, out: Tensor, reverse: bool)
             *out.stride(),
             *init_strides,
             HAS_INIT=init is not None,
+            BATCH_ALIGNED=_batch_aligned(f, x, out),
             ACC=_acc_dtype(x.dtype)[1],
             BLOCK_H=block_h,
             NUM_STAGES=_NUM_STAGES,
@@ -538,6 +612,7 @@ def backward(
             *dh0.stride(),
             HAS_H0=h0 is not None,
             HAS_INIT=carries is not None,
+            BATCH_ALIGNED=_batch_aligned(dout, f, x, out, df, dx),
             ACC=_acc_dtype(x.dtype)[1],
             BLOCK_H=block_h,
             NUM_STAGES=_NUM_STAGES,

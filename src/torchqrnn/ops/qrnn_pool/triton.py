@@ -36,7 +36,15 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..forget_mult.triton import _NUM_STAGES, _acc_dtype, _block_h, _on_device, _strides
+from ..forget_mult.triton import (
+    _NUM_STAGES,
+    _acc_dtype,
+    _batch_aligned,
+    _batch_stride,
+    _block_h,
+    _on_device,
+    _strides,
+)
 
 __all__ = ["backward", "forward"]
 
@@ -97,10 +105,12 @@ def _activations(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Kernels. Grid: (batch, column blocks).
+# Kernels. Grid: (batch, column blocks). As ForgetMult's (see "Specialization" there), T and the batch
+# strides (T * G * H for batch-first gates) are not specialized, so that a new T compiles nothing;
+# BATCH_ALIGNED restores the alignment the batch strides' specialization gave.
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["steps", "stride_gb", "stride_mb", "stride_ob", "stride_cb"])
 def _forward_kernel(
     gates_ptr,
     mask_ptr,
@@ -135,11 +145,16 @@ def _forward_kernel(
     HAS_H0: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
     REVERSE: tl.constexpr,
+    BATCH_ALIGNED: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_H: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
     """Outputs, cell states (with an output gate) and the final state of one block of one sequence."""
+    stride_gb = _batch_stride(stride_gb, BATCH_ALIGNED)
+    stride_mb = _batch_stride(stride_mb, BATCH_ALIGNED)
+    stride_ob = _batch_stride(stride_ob, BATCH_ALIGNED)
+    stride_cb = _batch_stride(stride_cb, BATCH_ALIGNED)
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     cmask = cols < hidden
@@ -233,7 +248,7 @@ def _backward_step(
     return dc - f * dc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["steps", "stride_dob", "stride_gb", "stride_cb", "stride_mb", "stride_dgb"])
 def _backward_kernel(
     dout_ptr,
     dhn_ptr,
@@ -276,11 +291,17 @@ def _backward_kernel(
     HAS_DHN: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
     REVERSE: tl.constexpr,
+    BATCH_ALIGNED: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_H: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
     """Gate gradients and dh0 of one block of one sequence, walking against the forward's direction."""
+    stride_dob = _batch_stride(stride_dob, BATCH_ALIGNED)
+    stride_gb = _batch_stride(stride_gb, BATCH_ALIGNED)
+    stride_cb = _batch_stride(stride_cb, BATCH_ALIGNED)
+    stride_mb = _batch_stride(stride_mb, BATCH_ALIGNED)
+    stride_dgb = _batch_stride(stride_dgb, BATCH_ALIGNED)
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     cmask = cols < hidden
@@ -427,6 +448,7 @@ def forward(
             HAS_H0=h0 is not None,
             HAS_LENGTHS=lengths is not None,
             REVERSE=reverse,
+            BATCH_ALIGNED=_batch_aligned(gates, out, cells_k, *([] if keep is None else [keep])),
             ACC=_acc_dtype(gates.dtype)[1],
             BLOCK_H=block_h,
             NUM_STAGES=_NUM_STAGES,
@@ -489,6 +511,7 @@ def backward(
             HAS_DHN=dhn is not None,
             HAS_LENGTHS=lengths is not None,
             REVERSE=reverse,
+            BATCH_ALIGNED=_batch_aligned(dout, gates, cells, dgates, *([] if keep is None else [keep])),
             ACC=_acc_dtype(gates.dtype)[1],
             BLOCK_H=block_h,
             NUM_STAGES=_NUM_STAGES,
