@@ -91,17 +91,18 @@ def choose_chunk(steps: int, batch: int, hidden: int) -> int:
 # (T - 1), the chunk count, and the batch strides of batch-first operands (T * H). So none of them is
 # specialized, and this costs no speed where it matters:
 #
-# * T, the chunk length and the first row only bound the time loops and offset a loop-variant row index:
-#   the compiler cannot use their divisibility for anything (the pipelined loop is the same code for any
+# * T, the chunk length, the first row and the chunk count only bound loops and offset a loop-variant row
+#   index: the compiler has no use for their divisibility (the pipelined loop is the same code for any
 #   trip count, and ``row`` has no known divisibility either way).
 # * What the batch strides' divisibility did buy is the alignment of each program's base address, which
 #   16-byte vector loads and copies into shared memory need. ``BATCH_ALIGNED`` (a constexpr) restores it:
 #   when every streamed operand's time and batch strides are multiples of 16 elements, the kernel rewrites
 #   the batch strides as ``stride // 16 * 16``, which shows the compiler the same divisibility, so it
 #   compiles the same loads and stores the specialized strides gave (checked on the PTX for sm_90: the
-#   same vector widths and copies into shared memory, float32, bfloat16 and float16, both layouts). The flag includes the time strides so that it does not depend on T: a
-#   batch-first operand has time stride H and batch stride T * H, both multiples of 16 for every T when
-#   H is one, while when H is not, the time stride already rules vector loads out whatever T is.
+#   same vector widths and shared-memory copies for float32, bfloat16 and float16, both layouts). The flag
+#   includes the time strides so that it does not depend on T: a batch-first operand has time stride H and
+#   batch stride T * H, both multiples of 16 for every T when H is one, while when H is not, the time
+#   stride already rules vector loads out whatever T is.
 #
 # ``tests/ops/test_triton_specializations.py`` sweeps T and counts the binaries each launcher compiles.
 
@@ -109,7 +110,7 @@ _SPECIALIZED_ALIGNMENT = 16  # the divisibility Triton's integer specialization 
 
 
 def _batch_aligned(*operands: Tensor) -> bool:
-    """Whether the time and batch strides (dims 0 and 1) of every ``(T, B, ...)`` operand are multiples of 16."""
+    """Whether the time and batch strides (dims 0, 1) of every ``(T, B, ...)`` operand are multiples of 16."""
     return all(
         t.stride(0) % _SPECIALIZED_ALIGNMENT == 0 and t.stride(1) % _SPECIALIZED_ALIGNMENT == 0
         for t in operands
