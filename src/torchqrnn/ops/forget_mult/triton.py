@@ -54,7 +54,7 @@ _MIN_BLOCK_H, _MAX_BLOCK_H = 32, 128
 # 2 MB must be in flight to cover ~1 us of latency at 2-3 TB/s; 16384 columns x 3 rows ahead x 8 bytes of
 # f and x is 0.4 MB). Chunking costs a summary pass (forward: reading f and x twice, 5 tensor passes
 # instead of 3), so it only pays when it multiplies the parallelism several times. Tune on a GPU with
-# benchmarks/gpu.py.
+# ``python -m torchqrnn.bench.gpu``.
 _CHUNKED_BELOW_COLUMNS = 16384
 # Total columns x chunks the chunked schedule aims for, and its shortest chunk: shorter ones spend their
 # time filling the load pipeline and make the sequential walk over chunk carries longer.
