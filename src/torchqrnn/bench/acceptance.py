@@ -1,6 +1,6 @@
 """``python -m torchqrnn.bench.acceptance``: the GPU acceptance run, one command, JSON and markdown reports.
 
-For the day a CUDA machine is at hand (about 5 minutes on one A100 / H100, within an 8-minute budget):
+For the day a CUDA machine is at hand (sized for an 8-minute budget on one A100 / H100; never run on one yet):
 
 1. ``tests``: the ``gpu``-marked tests of the repository (``pytest -m gpu``: the compiled Triton kernels
    against the reference on awkward shapes, every dtype, direction and pooling option, and the launchers
