@@ -18,23 +18,12 @@ import torch
 
 pytest.importorskip("triton", reason="the Triton kernels need the triton package (pip install triton)")
 
-from .triton_launches import LaunchRecorder, forget_mult_launch, interpreter_allowed, sweep_lengths
+from .triton_launches import KERNELS, LaunchRecorder, forget_mult_launch, interpreter_allowed, sweep_lengths
 
 
 @pytest.fixture(autouse=True)
 def poison_empty() -> None:
     """Nothing runs here, so conftest's NaN poisoning of fresh buffers (costly at these sizes) is off."""
-
-
-KERNELS = {
-    "forget_mult._forward_kernel",
-    "forget_mult._backward_kernel",
-    "forget_mult._forward_summary_kernel",
-    "forget_mult._backward_summary_kernel",
-    "forget_mult._combine_chunks_kernel",
-    "qrnn_pool._forward_kernel",
-    "qrnn_pool._backward_kernel",
-}
 
 
 def test_sequence_length_compiles_nothing_new() -> None:

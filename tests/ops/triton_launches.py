@@ -36,6 +36,16 @@ from typing import Any
 import torch
 
 MODULES = ("torchqrnn.ops.forget_mult.triton", "torchqrnn.ops.qrnn_pool.triton")
+# Every kernel the launchers of MODULES launch, as recorded: "<op>.<name>".
+KERNELS = {
+    "forget_mult._forward_kernel",
+    "forget_mult._backward_kernel",
+    "forget_mult._forward_summary_kernel",
+    "forget_mult._backward_summary_kernel",
+    "forget_mult._combine_chunks_kernel",
+    "qrnn_pool._forward_kernel",
+    "qrnn_pool._backward_kernel",
+}
 
 
 @dataclass

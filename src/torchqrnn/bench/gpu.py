@@ -29,7 +29,8 @@ the fused pooling.
 Last, a training step (forward and backward) in the paper's PTB setting: 2 layers of 640 units (window 2,
 then 1), batches of 20 x 105 steps, the QRNN against cuDNN's ``nn.LSTM`` and ``nn.GRU`` of the same size;
 and one 640-unit QRNN layer against its projection alone (the same GEMMs forward and backward: the floor a
-QRNN layer cannot go below) and one ``nn.LSTM`` layer.
+QRNN layer cannot go below) and one ``nn.LSTM`` layer: ``python -m torchqrnn.bench``'s PTB measurement,
+run on the GPU (float32; timed on the host clock with the device synchronised after every call).
 """
 
 from __future__ import annotations
@@ -44,10 +45,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 import torchqrnn
-from torchqrnn.bench.__main__ import BATCHES, LENGTHS, PAPER_GRID
+from torchqrnn.bench.__main__ import BATCHES, LENGTHS, PAPER_GRID, Budget, ptb_training
 from torchqrnn.bench.timing import CopyBandwidth, Samples, machine_info, ratio
 
 SHAPES = [(105, 20, 640), (1024, 1, 320), (64, 256, 320), (4096, 1, 1024)]
@@ -65,9 +65,6 @@ PAPER_FIGURE4 = {
     for batch, row in PAPER_GRID.items()
     for steps, speedup in zip(LENGTHS, row, strict=True)
 }
-# The PTB training step: (T, B, units), 2 layers (window 2 then 1).
-PTB_SHAPE = (105, 20, 640)
-SMOKE_PTB_SHAPE = (6, 2, 16)
 KERNELS = ("sequential", "chunked", "auto")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # (title, width, format, result key) of the printed table
@@ -353,78 +350,6 @@ def figure4_speedups(
     return speedups
 
 
-def ptb_training_step(
-    steps: int,
-    batch: int,
-    units: int,
-    *,
-    dtype: torch.dtype,
-    device: torch.device,
-    clock: Clock,
-    rounds: int,
-    min_seconds: float,
-) -> dict[str, Any]:
-    """Forward+backward of the 2-layer PTB models, and of one layer against its projection GEMMs."""
-    x = torch.randn(steps, batch, units, device=device, dtype=dtype)
-    grad = torch.randn(steps, batch, units, device=device, dtype=dtype)
-    models: dict[str, torch.nn.Module] = {
-        "qrnn": torchqrnn.QRNN(units, units, num_layers=2, window=[2, 1], backend="triton"),
-        "lstm": torch.nn.LSTM(units, units, num_layers=2),
-        "gru": torch.nn.GRU(units, units, num_layers=2),
-    }
-
-    def step(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
-        def call() -> None:
-            for p in model.parameters():
-                p.grad = None
-            model(x)[0].backward(grad)
-
-        return call
-
-    for model in models.values():
-        model.to(device=device, dtype=dtype)
-    samples = interleaved(
-        {name: step(model, x) for name, model in models.items()},
-        clock,
-        rounds=rounds,
-        min_seconds=min_seconds,
-    )
-
-    # One layer in the middle of a network (its input needs a gradient) against its projection alone.
-    layer = torchqrnn.QRNNLayer(units, units, backend="triton", device=device, dtype=dtype)
-    lstm_layer = torch.nn.LSTM(units, units, device=device, dtype=dtype)
-    x_layer = x.clone().requires_grad_()
-    gates_grad = torch.randn(steps, batch, 3 * units, device=device, dtype=dtype)
-    weight, bias = layer.linear.weight, layer.linear.bias
-
-    def gemm() -> None:
-        x_layer.grad = weight.grad = bias.grad = None
-        F.linear(x_layer, weight, bias).backward(gates_grad)
-
-    def layer_step() -> None:
-        x_layer.grad = None
-        step(layer, x_layer)()
-
-    def lstm_step() -> None:
-        x_layer.grad = None
-        step(lstm_layer, x_layer)()
-
-    layer_samples = interleaved(
-        {"layer": layer_step, "gemm": gemm, "lstm": lstm_step}, clock, rounds=rounds, min_seconds=min_seconds
-    )
-    return {
-        "shape": {"steps": steps, "batch": batch, "units": units, "layers": 2, "window": [2, 1]},
-        "ms": {name: s.median * 1e3 for name, s in samples.items()},
-        "lstm_over_qrnn": ratio(samples["lstm"], samples["qrnn"]),
-        "gru_over_qrnn": ratio(samples["gru"], samples["qrnn"]),
-        "layer_ms": layer_samples["layer"].median * 1e3,
-        "layer_gemm_ms": layer_samples["gemm"].median * 1e3,
-        "layer_over_gemm": ratio(layer_samples["layer"], layer_samples["gemm"]),
-        "layer_lstm_ms": layer_samples["lstm"].median * 1e3,
-        "lstm_layer_over_layer": ratio(layer_samples["lstm"], layer_samples["layer"]),
-    }
-
-
 def print_ptb(ptb: dict[str, Any], lstm: str) -> None:
     s = ptb["shape"]
     print(f"# training step (forward+backward), {s['layers']} layers x {s['units']} units (window 2, 1),")
@@ -503,13 +428,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--cpu-smoke runs the kernels in Triton's interpreter: set TRITON_INTERPRET=1")
         device, shapes, rounds, min_seconds, megabytes = torch.device("cpu"), SMOKE_SHAPES, 2, 0.0, 1
         pool_shapes, (batches, steps_list, units) = SMOKE_POOL_SHAPES, SMOKE_FIGURE4
-        ptb_shape = SMOKE_PTB_SHAPE
     else:
         if not torch.cuda.is_available():
             parser.error("expected a CUDA device, got none (use --cpu-smoke for a CPU run)")
         device, shapes, rounds, min_seconds, megabytes = torch.device("cuda"), SHAPES, 15, 0.02, 512
         pool_shapes, (batches, steps_list, units) = POOL_SHAPES, FIGURE4
-        ptb_shape = PTB_SHAPE
     rounds = args.rounds or rounds
     dtype = DTYPES[args.dtype]
     clock, copy = Clock(device), DeviceCopy(megabytes, device)
@@ -553,9 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     print_figure4(speedups, batches, steps_list)
 
     print()
-    ptb = ptb_training_step(
-        *ptb_shape, dtype=dtype, device=device, clock=clock, rounds=rounds, min_seconds=min_seconds
-    )
+    # the CPU benchmark's PTB step, on this device (its smoke shapes run on the CPU kernels)
+    ptb = ptb_training(device, Budget(rounds, max(min_seconds, 0.002)), quick=args.cpu_smoke)
     print_ptb(ptb, lstm)
     if args.json:
         with open(args.json, "w") as out:

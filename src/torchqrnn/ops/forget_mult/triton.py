@@ -95,36 +95,44 @@ def choose_chunk(steps: int, batch: int, hidden: int) -> int:
 #   index: the compiler has no use for their divisibility (the pipelined loop is the same code for any
 #   trip count, and ``row`` has no known divisibility either way).
 # * What the batch strides' divisibility did buy is the alignment of each program's base address, which
-#   16-byte vector loads and copies into shared memory need. ``BATCH_ALIGNED`` (a constexpr) restores it:
-#   when every streamed operand's time and batch strides are multiples of 16 elements, the kernel rewrites
-#   the batch strides as ``stride // 16 * 16``, which shows the compiler the same divisibility, so it
-#   compiles the same loads and stores the specialized strides gave (checked on the PTX for sm_90: the
-#   same vector widths and shared-memory copies for float32, bfloat16 and float16, both layouts). The flag
-#   includes the time strides so that it does not depend on T: a batch-first operand has time stride H and
-#   batch stride T * H, both multiples of 16 for every T when H is one, while when H is not, the time
-#   stride already rules vector loads out whatever T is.
+#   vector loads and the copies into shared memory of the software pipeline need. ``ALIGN`` (a
+#   constexpr) restores it and goes further: it is the largest power of two up to 16 dividing the time and
+#   batch strides of every streamed operand, and the kernels rewrite those strides as
+#   ``stride // ALIGN * ALIGN``, which shows the compiler that divisibility. At 16 this is
+#   what the specialized strides gave: the same loads and stores (checked on the PTX for sm_90, float32,
+#   bfloat16 and float16, both layouts). ``hidden`` joins the divisor, since the column mask
+#   ``cols < hidden`` must be uniform over a vector too. Below 16, where Triton's specialization knows
+#   nothing (it tracks only 16), the compiler still learns that rows start on 4- or 8-byte boundaries:
+#   with at least two columns a thread (``_block_h``), that keeps the software-pipelined prefetch for half
+#   types whenever H is even (H = 20, 328: 4- and 8-byte copies into shared memory), where they used to
+#   load scalars with no prefetch. An odd H still loses it for half types: a row may start on any 2-byte
+#   boundary, and an asynchronous copy moves at least 4 bytes (padding would cost a copy of the inputs);
+#   float32 and float64 keep it for any H. The alignment does not depend on T: in each layout one of the
+#   time and batch strides is a multiple of the other (batch-first: H and T * H; time-major: B * H and H),
+#   so their common divisor is the smaller one, whatever T is.
 #
 # ``tests/ops/test_triton_specializations.py`` sweeps T and counts the binaries each launcher compiles.
 
 _SPECIALIZED_ALIGNMENT = 16  # the divisibility Triton's integer specialization tracks
 
 
-def _batch_aligned(*operands: Tensor) -> bool:
-    """Whether the time and batch strides (dims 0, 1) of every ``(T, B, ...)`` operand are multiples of 16."""
-    return all(
-        t.stride(0) % _SPECIALIZED_ALIGNMENT == 0 and t.stride(1) % _SPECIALIZED_ALIGNMENT == 0
-        for t in operands
-    )
+def _alignment(hidden: int, *operands: Tensor) -> int:
+    """The largest power of two up to 16 dividing ``hidden`` and the time and batch strides (dims 0 and 1)
+    of every operand."""
+    alignment = math.gcd(_SPECIALIZED_ALIGNMENT, hidden)
+    for t in operands:
+        alignment = math.gcd(alignment, t.stride(0), t.stride(1))
+    return alignment
 
 
 @triton.jit
-def _batch_stride(stride, BATCH_ALIGNED: tl.constexpr):
-    """A batch stride, declared a multiple of 16 when the launcher found it one (see above)."""
-    if BATCH_ALIGNED:
-        # exact for a multiple of 16, and the product tells the compiler so (a tl.multiple_of hint on
-        # a scalar argument does not reach its alignment analysis)
-        stride = stride // 16 * 16
-    return stride
+def _aligned(value, ALIGN: tl.constexpr):
+    """``hidden`` or a time or batch stride, shown to the compiler as a multiple of ``ALIGN`` (see above)."""
+    if ALIGN > 1:
+        # exact for a multiple, and the product tells the compiler so (a tl.multiple_of hint on a
+        # scalar argument does not reach its alignment analysis)
+        value = value // ALIGN * ALIGN
+    return value
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -155,15 +163,19 @@ def _forward_kernel(
     stride_ib,
     stride_ih,
     HAS_INIT: tl.constexpr,
-    BATCH_ALIGNED: tl.constexpr,
+    ALIGN: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_H: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
     """Every h of one chunk, started from ``init[chunk]`` (h0, or the chunk's carry) or zeros."""
-    stride_fb = _batch_stride(stride_fb, BATCH_ALIGNED)
-    stride_xb = _batch_stride(stride_xb, BATCH_ALIGNED)
-    stride_ob = _batch_stride(stride_ob, BATCH_ALIGNED)
+    hidden = _aligned(hidden, ALIGN)
+    stride_ft = _aligned(stride_ft, ALIGN)
+    stride_fb = _aligned(stride_fb, ALIGN)
+    stride_xt = _aligned(stride_xt, ALIGN)
+    stride_xb = _aligned(stride_xb, ALIGN)
+    stride_ot = _aligned(stride_ot, ALIGN)
+    stride_ob = _aligned(stride_ob, ALIGN)
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = cols < hidden
@@ -204,14 +216,17 @@ def _forward_summary_kernel(
     stride_xt,
     stride_xb,
     stride_xh,
-    BATCH_ALIGNED: tl.constexpr,
+    ALIGN: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_H: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
     """Per chunk: the h it reaches from a zero start, and the product of its (1 - f)."""
-    stride_fb = _batch_stride(stride_fb, BATCH_ALIGNED)
-    stride_xb = _batch_stride(stride_xb, BATCH_ALIGNED)
+    hidden = _aligned(hidden, ALIGN)
+    stride_ft = _aligned(stride_ft, ALIGN)
+    stride_fb = _aligned(stride_fb, ALIGN)
+    stride_xt = _aligned(stride_xt, ALIGN)
+    stride_xb = _aligned(stride_xb, ALIGN)
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = cols < hidden
@@ -331,19 +346,26 @@ def _backward_kernel(
     stride_d0h,
     HAS_H0: tl.constexpr,
     HAS_INIT: tl.constexpr,
-    BATCH_ALIGNED: tl.constexpr,
+    ALIGN: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_H: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
     """df, dx of one chunk, walking against the forward's direction from the carry ``init[chunk]`` or
     zeros; the chunk holding the forward's first step also writes dh0."""
-    stride_gb = _batch_stride(stride_gb, BATCH_ALIGNED)
-    stride_fb = _batch_stride(stride_fb, BATCH_ALIGNED)
-    stride_xb = _batch_stride(stride_xb, BATCH_ALIGNED)
-    stride_ob = _batch_stride(stride_ob, BATCH_ALIGNED)
-    stride_dfb = _batch_stride(stride_dfb, BATCH_ALIGNED)
-    stride_dxb = _batch_stride(stride_dxb, BATCH_ALIGNED)
+    hidden = _aligned(hidden, ALIGN)
+    stride_gt = _aligned(stride_gt, ALIGN)
+    stride_gb = _aligned(stride_gb, ALIGN)
+    stride_ft = _aligned(stride_ft, ALIGN)
+    stride_fb = _aligned(stride_fb, ALIGN)
+    stride_xt = _aligned(stride_xt, ALIGN)
+    stride_xb = _aligned(stride_xb, ALIGN)
+    stride_ot = _aligned(stride_ot, ALIGN)
+    stride_ob = _aligned(stride_ob, ALIGN)
+    stride_dft = _aligned(stride_dft, ALIGN)
+    stride_dfb = _aligned(stride_dfb, ALIGN)
+    stride_dxt = _aligned(stride_dxt, ALIGN)
+    stride_dxb = _aligned(stride_dxb, ALIGN)
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = cols < hidden
@@ -415,14 +437,17 @@ def _backward_summary_kernel(
     stride_ft,
     stride_fb,
     stride_fh,
-    BATCH_ALIGNED: tl.constexpr,
+    ALIGN: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_H: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
     """Per chunk of the backward walk: the carry it passes on from a zero start, and the product of 1 - f."""
-    stride_gb = _batch_stride(stride_gb, BATCH_ALIGNED)
-    stride_fb = _batch_stride(stride_fb, BATCH_ALIGNED)
+    hidden = _aligned(hidden, ALIGN)
+    stride_gt = _aligned(stride_gt, ALIGN)
+    stride_gb = _aligned(stride_gb, ALIGN)
+    stride_ft = _aligned(stride_ft, ALIGN)
+    stride_fb = _aligned(stride_fb, ALIGN)
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = cols < hidden
@@ -449,8 +474,12 @@ def _backward_summary_kernel(
 # Launchers: tensors in, tensors out. Operands are (T, B, H) views of any strides.
 
 
-def _block_h(hidden: int) -> int:
-    return min(_MAX_BLOCK_H, max(_MIN_BLOCK_H, triton.next_power_of_2(hidden)))
+def _block_h(hidden: int, dtype: torch.dtype) -> int:
+    """Columns per program. Half types take at least two per thread: a thread's copy into shared memory
+    (the software pipeline's prefetch) moves at least 4 bytes, so one 2-byte column per thread would load
+    without prefetching."""
+    minimum = 2 * _MIN_BLOCK_H if dtype.itemsize == 2 else _MIN_BLOCK_H
+    return min(_MAX_BLOCK_H, max(minimum, triton.next_power_of_2(hidden)))
 
 
 def _acc_dtype(dtype: torch.dtype) -> tuple[torch.dtype, tl.dtype]:
@@ -483,7 +512,7 @@ def _chunk_carries(
     steps, batch, hidden = operands[0].shape
     acc_torch, acc = _acc_dtype(operands[0].dtype)
     chunks = triton.cdiv(steps, chunk)
-    block_h = _block_h(hidden)
+    block_h = _block_h(hidden, operands[0].dtype)
     column_blocks = triton.cdiv(hidden, block_h)
     decay = torch.empty((chunks, batch, hidden), dtype=acc_torch, device=operands[0].device)
     carries = torch.empty_like(decay)
@@ -498,7 +527,7 @@ def _chunk_carries(
         hidden,
         *operands[0].stride(),
         *operands[1].stride(),
-        BATCH_ALIGNED=_batch_aligned(*operands),
+        ALIGN=_alignment(hidden, *operands),
         ACC=acc,
         BLOCK_H=block_h,
         NUM_STAGES=_NUM_STAGES,
@@ -527,7 +556,7 @@ def forward(f: Tensor, x: Tensor, h0: Tensor | None, out: Tensor, reverse: bool)
     """
     steps, batch, hidden = x.shape
     row0, dstep = (steps - 1, -1) if reverse else (0, 1)
-    block_h = _block_h(hidden)
+    block_h = _block_h(hidden, x.dtype)
     chunk = choose_chunk(steps, batch, hidden)
     init: Tensor | None
     with _on_device(x):
@@ -552,7 +581,7 @@ def forward(f: Tensor, x: Tensor, h0: Tensor | None, out: Tensor, reverse: bool)
             *out.stride(),
             *init_strides,
             HAS_INIT=init is not None,
-            BATCH_ALIGNED=_batch_aligned(f, x, out),
+            ALIGN=_alignment(hidden, f, x, out),
             ACC=_acc_dtype(x.dtype)[1],
             BLOCK_H=block_h,
             NUM_STAGES=_NUM_STAGES,
@@ -579,7 +608,7 @@ def backward(
     steps, batch, hidden = x.shape
     # The backward walks against the forward: from the forward's last row towards its first.
     row0, dstep = (0, 1) if reverse else (steps - 1, -1)
-    block_h = _block_h(hidden)
+    block_h = _block_h(hidden, x.dtype)
     chunk = choose_chunk(steps, batch, hidden)
     with _on_device(x):
         carries = None
@@ -613,7 +642,7 @@ def backward(
             *dh0.stride(),
             HAS_H0=h0 is not None,
             HAS_INIT=carries is not None,
-            BATCH_ALIGNED=_batch_aligned(dout, f, x, out, df, dx),
+            ALIGN=_alignment(hidden, dout, f, x, out, df, dx),
             ACC=_acc_dtype(x.dtype)[1],
             BLOCK_H=block_h,
             NUM_STAGES=_NUM_STAGES,
