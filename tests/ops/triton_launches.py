@@ -274,8 +274,9 @@ def representative_launches(recorder: LaunchRecorder) -> None:
     the heuristic picks it: batch 1, a long sequence; all five kernels), directions alternating with ``n``,
     h0 on the second half; the sequential schedule for the first two dtypes (with h0 and time-major, then
     without, batch-first and reversed); qrnn_pool once, each dtype with another pooling kind, directions
-    and layouts alternating, the options (mask, lengths, h0, dhn) each on for two dtypes and off for two.
-    Last, ForgetMult's launchers on meta tensors too large for 32-bit strides (batch-first, T * H > 2**31).
+    and layouts alternating, the options (mask, lengths, h0, dhn) each on for two dtypes and off for two;
+    and the kernel with the most live values (float64 ifo-pooling, every option, H = 640). Last,
+    ForgetMult's launchers on meta tensors too large for 32-bit strides (batch-first, T * H > 2**31).
     """
     from torchqrnn.ops.forget_mult import triton as fm_kernels
 
@@ -310,6 +311,22 @@ def representative_launches(recorder: LaunchRecorder) -> None:
                 input_gate=input_gate,
                 **options,
             )
+        # The most live values: float64 ifo-pooling with every option, the widest block (134 registers
+        # on sm_90 in Triton 3.9; a spill would show here first).
+        recorder.label = "float64 H=640 forward o=True i=True mask=True lengths=True h0=True dhn=True"
+        qrnn_pool_launch(
+            35,
+            3,
+            640,
+            dtype=torch.float64,
+            reverse=False,
+            batch_first=False,
+            output_gate=True,
+            input_gate=True,
+            h0=True,
+            mask=True,
+            lengths=True,
+        )
     # 64-bit strides: the launchers called directly (meta tensors go to the ops' fake implementations).
     recorder.label = "float32 H=1024 forward bf=True 64-bit strides"
     steps, batch, hidden = 1 << 21, 2, 1024

@@ -375,8 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             steps[name] = {"passed": True, "result": STEPS[name](setup)}
         except Exception as error:  # a failed step is reported, and the next one still runs
-            detail = str(error) if isinstance(error, StepFailed) else traceback.format_exc()
-            steps[name] = {"passed": False, "error": f"{type(error).__name__}: {detail}"}
+            steps[name] = {"passed": False, "error": f"{type(error).__name__}: {error}"}
+            if not isinstance(error, StepFailed):
+                steps[name]["error"] += "\n\n" + traceback.format_exc()
         steps[name]["seconds"] = time.perf_counter() - began
         print(f"# acceptance: {name} {'passed' if steps[name]['passed'] else 'FAILED'}", flush=True)
     seconds = time.perf_counter() - start
