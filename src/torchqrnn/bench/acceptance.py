@@ -215,7 +215,8 @@ def autocast(setup: Setup) -> dict[str, Any]:
         grads = [p.grad for p in qrnn.parameters()]
         if any(g is None or g.dtype != torch.float32 for g in grads):
             raise StepFailed("expected float32 gradients for the float32 parameters under autocast")
-        return [first.float(), second.float(), h.float(), *(g.clone() for g in grads if g is not None)]
+        outputs = [t.detach().float() for t in (first, second, h)]
+        return [*outputs, *(g.clone() for g in grads if g is not None)]
 
     expected = run(None)
     report: dict[str, Any] = {}
