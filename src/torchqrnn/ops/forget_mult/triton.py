@@ -54,7 +54,7 @@ _MIN_BLOCK_H, _MAX_BLOCK_H = 32, 128
 # 2 MB must be in flight to cover ~1 us of latency at 2-3 TB/s; 16384 columns x 3 rows ahead x 8 bytes of
 # f and x is 0.4 MB). Chunking costs a summary pass (forward: reading f and x twice, 5 tensor passes
 # instead of 3), so it only pays when it multiplies the parallelism several times. Tune on a GPU with
-# benchmarks/gpu.py.
+# ``python -m torchqrnn.bench.gpu``.
 _CHUNKED_BELOW_COLUMNS = 16384
 # Total columns x chunks the chunked schedule aims for, and its shortest chunk: shorter ones spend their
 # time filling the load pipeline and make the sequential walk over chunk carries longer.
@@ -84,10 +84,62 @@ def choose_chunk(steps: int, batch: int, hidden: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Kernels. Grid: (batch, column blocks, chunks); the sequential schedule is one chunk of T steps.
+# Specialization. Triton compiles a kernel once per class of its integer arguments (equal to 1, divisible
+# by 16, other) unless they are marked ``do_not_specialize``. Left to it, the arguments that carry the
+# sequence length T would compile new binaries as T changes, which a language model with variable BPTT
+# does at every batch (0.1-0.9 s each): T itself, the chunk length, the first row of a reverse walk
+# (T - 1), the chunk count, and the batch strides of batch-first operands (T * H). So none of them is
+# specialized, and this costs no speed where it matters:
+#
+# * T, the chunk length, the first row and the chunk count only bound loops and offset a loop-variant row
+#   index: the compiler has no use for their divisibility (the pipelined loop is the same code for any
+#   trip count, and ``row`` has no known divisibility either way).
+# * What the batch strides' divisibility did buy is the alignment of each program's base address, which
+#   vector loads and the copies into shared memory of the software pipeline need. ``ALIGN`` (a
+#   constexpr) restores it and goes further: it is the largest power of two up to 16 dividing the time and
+#   batch strides of every streamed operand, and the kernels rewrite those strides as
+#   ``stride // ALIGN * ALIGN``, which shows the compiler that divisibility. At 16 this is
+#   what the specialized strides gave: the same loads and stores (checked on the PTX for sm_90, float32,
+#   bfloat16 and float16, both layouts). ``hidden`` joins the divisor, since the column mask
+#   ``cols < hidden`` must be uniform over a vector too. Below 16, where Triton's specialization knows
+#   nothing (it tracks only 16), the compiler still learns that rows start on 4- or 8-byte boundaries:
+#   with at least two columns a thread (``_block_h``), that keeps the software-pipelined prefetch for half
+#   types whenever H is even (H = 20, 328: 4- and 8-byte copies into shared memory), where they used to
+#   load scalars with no prefetch. An odd H still loses it for half types: a row may start on any 2-byte
+#   boundary, and an asynchronous copy moves at least 4 bytes (padding would cost a copy of the inputs);
+#   float32 and float64 keep it for any H. The alignment does not depend on T: in each layout one of the
+#   time and batch strides is a multiple of the other (batch-first: H and T * H; time-major: B * H and H),
+#   so their common divisor is the smaller one, whatever T is.
+#
+# ``tests/ops/test_triton_specializations.py`` sweeps T and counts the binaries each launcher compiles.
+
+_SPECIALIZED_ALIGNMENT = 16  # the divisibility Triton's integer specialization tracks
+
+
+def _alignment(hidden: int, *operands: Tensor) -> int:
+    """The largest power of two up to 16 dividing ``hidden`` and the time and batch strides (dims 0 and 1)
+    of every operand."""
+    alignment = math.gcd(_SPECIALIZED_ALIGNMENT, hidden)
+    for t in operands:
+        alignment = math.gcd(alignment, t.stride(0), t.stride(1))
+    return alignment
 
 
 @triton.jit
+def _aligned(value, ALIGN: tl.constexpr):
+    """``hidden`` or a time or batch stride, shown to the compiler as a multiple of ``ALIGN`` (see above)."""
+    if ALIGN > 1:
+        # exact for a multiple, and the product tells the compiler so (a tl.multiple_of hint on a
+        # scalar argument does not reach its alignment analysis)
+        value = value // ALIGN * ALIGN
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Kernels. Grid: (batch, column blocks, chunks); the sequential schedule is one chunk of T steps.
+
+
+@triton.jit(do_not_specialize=["steps", "chunk_steps", "row0", "stride_fb", "stride_xb", "stride_ob"])
 def _forward_kernel(
     f_ptr,
     x_ptr,
@@ -111,11 +163,19 @@ def _forward_kernel(
     stride_ib,
     stride_ih,
     HAS_INIT: tl.constexpr,
+    ALIGN: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_H: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
     """Every h of one chunk, started from ``init[chunk]`` (h0, or the chunk's carry) or zeros."""
+    hidden = _aligned(hidden, ALIGN)
+    stride_ft = _aligned(stride_ft, ALIGN)
+    stride_fb = _aligned(stride_fb, ALIGN)
+    stride_xt = _aligned(stride_xt, ALIGN)
+    stride_xb = _aligned(stride_xb, ALIGN)
+    stride_ot = _aligned(stride_ot, ALIGN)
+    stride_ob = _aligned(stride_ob, ALIGN)
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = cols < hidden
@@ -139,7 +199,7 @@ def _forward_kernel(
         tl.store(out_base + row * stride_ot, h.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["steps", "chunk_steps", "row0", "stride_fb", "stride_xb"])
 def _forward_summary_kernel(
     f_ptr,
     x_ptr,
@@ -156,11 +216,17 @@ def _forward_summary_kernel(
     stride_xt,
     stride_xb,
     stride_xh,
+    ALIGN: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_H: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
     """Per chunk: the h it reaches from a zero start, and the product of its (1 - f)."""
+    hidden = _aligned(hidden, ALIGN)
+    stride_ft = _aligned(stride_ft, ALIGN)
+    stride_fb = _aligned(stride_fb, ALIGN)
+    stride_xt = _aligned(stride_xt, ALIGN)
+    stride_xb = _aligned(stride_xb, ALIGN)
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = cols < hidden
@@ -183,7 +249,7 @@ def _forward_summary_kernel(
     tl.store(state_ptr + summary, h, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["chunks"])
 def _combine_chunks_kernel(
     decay_ptr,
     state_ptr,
@@ -225,7 +291,19 @@ def _backward_step(g_ptrs, f_ptrs, x_ptrs, df_ptrs, dx_ptrs, h_prev, carry, mask
     return (1.0 - f) * g
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=[
+        "steps",
+        "chunk_steps",
+        "row0",
+        "stride_gb",
+        "stride_fb",
+        "stride_xb",
+        "stride_ob",
+        "stride_dfb",
+        "stride_dxb",
+    ]
+)
 def _backward_kernel(
     dout_ptr,
     f_ptr,
@@ -268,12 +346,26 @@ def _backward_kernel(
     stride_d0h,
     HAS_H0: tl.constexpr,
     HAS_INIT: tl.constexpr,
+    ALIGN: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_H: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
     """df, dx of one chunk, walking against the forward's direction from the carry ``init[chunk]`` or
     zeros; the chunk holding the forward's first step also writes dh0."""
+    hidden = _aligned(hidden, ALIGN)
+    stride_gt = _aligned(stride_gt, ALIGN)
+    stride_gb = _aligned(stride_gb, ALIGN)
+    stride_ft = _aligned(stride_ft, ALIGN)
+    stride_fb = _aligned(stride_fb, ALIGN)
+    stride_xt = _aligned(stride_xt, ALIGN)
+    stride_xb = _aligned(stride_xb, ALIGN)
+    stride_ot = _aligned(stride_ot, ALIGN)
+    stride_ob = _aligned(stride_ob, ALIGN)
+    stride_dft = _aligned(stride_dft, ALIGN)
+    stride_dfb = _aligned(stride_dfb, ALIGN)
+    stride_dxt = _aligned(stride_dxt, ALIGN)
+    stride_dxb = _aligned(stride_dxb, ALIGN)
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = cols < hidden
@@ -328,7 +420,7 @@ def _backward_kernel(
         tl.store(dh0_ptr + b * stride_d0b + cols * stride_d0h, carry.to(dh0_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["steps", "chunk_steps", "row0", "stride_gb", "stride_fb"])
 def _backward_summary_kernel(
     dout_ptr,
     f_ptr,
@@ -345,11 +437,17 @@ def _backward_summary_kernel(
     stride_ft,
     stride_fb,
     stride_fh,
+    ALIGN: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_H: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
     """Per chunk of the backward walk: the carry it passes on from a zero start, and the product of 1 - f."""
+    hidden = _aligned(hidden, ALIGN)
+    stride_gt = _aligned(stride_gt, ALIGN)
+    stride_gb = _aligned(stride_gb, ALIGN)
+    stride_ft = _aligned(stride_ft, ALIGN)
+    stride_fb = _aligned(stride_fb, ALIGN)
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = cols < hidden
@@ -376,8 +474,12 @@ def _backward_summary_kernel(
 # Launchers: tensors in, tensors out. Operands are (T, B, H) views of any strides.
 
 
-def _block_h(hidden: int) -> int:
-    return min(_MAX_BLOCK_H, max(_MIN_BLOCK_H, triton.next_power_of_2(hidden)))
+def _block_h(hidden: int, dtype: torch.dtype) -> int:
+    """Columns per program. Half types take at least two per thread: a thread's copy into shared memory
+    (the software pipeline's prefetch) moves at least 4 bytes, so one 2-byte column per thread would load
+    without prefetching."""
+    minimum = 2 * _MIN_BLOCK_H if dtype.itemsize == 2 else _MIN_BLOCK_H
+    return min(_MAX_BLOCK_H, max(minimum, triton.next_power_of_2(hidden)))
 
 
 def _acc_dtype(dtype: torch.dtype) -> tuple[torch.dtype, tl.dtype]:
@@ -410,7 +512,7 @@ def _chunk_carries(
     steps, batch, hidden = operands[0].shape
     acc_torch, acc = _acc_dtype(operands[0].dtype)
     chunks = triton.cdiv(steps, chunk)
-    block_h = _block_h(hidden)
+    block_h = _block_h(hidden, operands[0].dtype)
     column_blocks = triton.cdiv(hidden, block_h)
     decay = torch.empty((chunks, batch, hidden), dtype=acc_torch, device=operands[0].device)
     carries = torch.empty_like(decay)
@@ -425,6 +527,7 @@ def _chunk_carries(
         hidden,
         *operands[0].stride(),
         *operands[1].stride(),
+        ALIGN=_alignment(hidden, *operands),
         ACC=acc,
         BLOCK_H=block_h,
         NUM_STAGES=_NUM_STAGES,
@@ -453,7 +556,7 @@ def forward(f: Tensor, x: Tensor, h0: Tensor | None, out: Tensor, reverse: bool)
     """
     steps, batch, hidden = x.shape
     row0, dstep = (steps - 1, -1) if reverse else (0, 1)
-    block_h = _block_h(hidden)
+    block_h = _block_h(hidden, x.dtype)
     chunk = choose_chunk(steps, batch, hidden)
     init: Tensor | None
     with _on_device(x):
@@ -478,6 +581,7 @@ def forward(f: Tensor, x: Tensor, h0: Tensor | None, out: Tensor, reverse: bool)
             *out.stride(),
             *init_strides,
             HAS_INIT=init is not None,
+            ALIGN=_alignment(hidden, f, x, out),
             ACC=_acc_dtype(x.dtype)[1],
             BLOCK_H=block_h,
             NUM_STAGES=_NUM_STAGES,
@@ -504,7 +608,7 @@ def backward(
     steps, batch, hidden = x.shape
     # The backward walks against the forward: from the forward's last row towards its first.
     row0, dstep = (0, 1) if reverse else (steps - 1, -1)
-    block_h = _block_h(hidden)
+    block_h = _block_h(hidden, x.dtype)
     chunk = choose_chunk(steps, batch, hidden)
     with _on_device(x):
         carries = None
@@ -538,6 +642,7 @@ def backward(
             *dh0.stride(),
             HAS_H0=h0 is not None,
             HAS_INIT=carries is not None,
+            ALIGN=_alignment(hidden, dout, f, x, out, df, dx),
             ACC=_acc_dtype(x.dtype)[1],
             BLOCK_H=block_h,
             NUM_STAGES=_NUM_STAGES,

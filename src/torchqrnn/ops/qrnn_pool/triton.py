@@ -36,7 +36,15 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..forget_mult.triton import _NUM_STAGES, _acc_dtype, _block_h, _on_device, _strides
+from ..forget_mult.triton import (
+    _NUM_STAGES,
+    _acc_dtype,
+    _aligned,
+    _alignment,
+    _block_h,
+    _on_device,
+    _strides,
+)
 
 __all__ = ["backward", "forward"]
 
@@ -97,10 +105,12 @@ def _activations(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Kernels. Grid: (batch, column blocks).
+# Kernels. Grid: (batch, column blocks). As ForgetMult's (see "Specialization" there), T and the batch
+# strides (T * G * H for batch-first gates) are not specialized, so that a new T compiles nothing;
+# ALIGN restores the alignment the batch strides' specialization gave, and more.
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["steps", "stride_gb", "stride_mb", "stride_ob", "stride_cb"])
 def _forward_kernel(
     gates_ptr,
     mask_ptr,
@@ -135,11 +145,21 @@ def _forward_kernel(
     HAS_H0: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
     REVERSE: tl.constexpr,
+    ALIGN: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_H: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
     """Outputs, cell states (with an output gate) and the final state of one block of one sequence."""
+    hidden = _aligned(hidden, ALIGN)
+    stride_gt = _aligned(stride_gt, ALIGN)
+    stride_gb = _aligned(stride_gb, ALIGN)
+    stride_mt = _aligned(stride_mt, ALIGN)
+    stride_mb = _aligned(stride_mb, ALIGN)
+    stride_ot = _aligned(stride_ot, ALIGN)
+    stride_ob = _aligned(stride_ob, ALIGN)
+    stride_ct = _aligned(stride_ct, ALIGN)
+    stride_cb = _aligned(stride_cb, ALIGN)
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     cmask = cols < hidden
@@ -233,7 +253,7 @@ def _backward_step(
     return dc - f * dc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["steps", "stride_dob", "stride_gb", "stride_cb", "stride_mb", "stride_dgb"])
 def _backward_kernel(
     dout_ptr,
     dhn_ptr,
@@ -276,11 +296,23 @@ def _backward_kernel(
     HAS_DHN: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
     REVERSE: tl.constexpr,
+    ALIGN: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_H: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
     """Gate gradients and dh0 of one block of one sequence, walking against the forward's direction."""
+    hidden = _aligned(hidden, ALIGN)
+    stride_dot = _aligned(stride_dot, ALIGN)
+    stride_dob = _aligned(stride_dob, ALIGN)
+    stride_gt = _aligned(stride_gt, ALIGN)
+    stride_gb = _aligned(stride_gb, ALIGN)
+    stride_ct = _aligned(stride_ct, ALIGN)
+    stride_cb = _aligned(stride_cb, ALIGN)
+    stride_mt = _aligned(stride_mt, ALIGN)
+    stride_mb = _aligned(stride_mb, ALIGN)
+    stride_dgt = _aligned(stride_dgt, ALIGN)
+    stride_dgb = _aligned(stride_dgb, ALIGN)
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     cmask = cols < hidden
@@ -401,7 +433,7 @@ def forward(
     cells_k = (
         cells if output_gate else out
     )  # without an output gate nothing is stored there: any valid pointer
-    block_h = _block_h(hidden)
+    block_h = _block_h(hidden, gates.dtype)
     with _on_device(gates):
         _forward_kernel[(batch, triton.cdiv(hidden, block_h))](
             gates,
@@ -427,6 +459,7 @@ def forward(
             HAS_H0=h0 is not None,
             HAS_LENGTHS=lengths is not None,
             REVERSE=reverse,
+            ALIGN=_alignment(hidden, gates, out, cells_k, *([] if keep is None else [keep])),
             ACC=_acc_dtype(gates.dtype)[1],
             BLOCK_H=block_h,
             NUM_STAGES=_NUM_STAGES,
@@ -458,7 +491,7 @@ def backward(
     steps, batch, hidden = cells.shape
     keep = _keep_operand(mask)
     lengths = _lengths_operand(lengths, gates)
-    block_h = _block_h(hidden)
+    block_h = _block_h(hidden, gates.dtype)
     with _on_device(gates):
         _backward_kernel[(batch, triton.cdiv(hidden, block_h))](
             dout,
@@ -489,6 +522,7 @@ def backward(
             HAS_DHN=dhn is not None,
             HAS_LENGTHS=lengths is not None,
             REVERSE=reverse,
+            ALIGN=_alignment(hidden, dout, gates, cells, dgates, *([] if keep is None else [keep])),
             ACC=_acc_dtype(gates.dtype)[1],
             BLOCK_H=block_h,
             NUM_STAGES=_NUM_STAGES,

@@ -1,9 +1,9 @@
 """ForgetMult and the fused QRNN pooling on a GPU: Triton kernels against the HBM floor and the reference
-loop, and a QRNN layer against cuDNN's LSTM.
+loop, and QRNN layers against cuDNN's LSTM.
 
-    python benchmarks/gpu.py                     # the full table on a CUDA device
-    python benchmarks/gpu.py --json out.json     # also write the results as JSON
-    TRITON_INTERPRET=1 python benchmarks/gpu.py --interpret-smoke   # a tiny CPU run through the interpreter
+    python -m torchqrnn.bench.gpu                     # the full tables on a CUDA device (about 2 minutes)
+    python -m torchqrnn.bench.gpu --json out.json     # also write the results as JSON
+    TRITON_INTERPRET=1 python -m torchqrnn.bench.gpu --cpu-smoke  # tiny shapes on CPU, interpreted
 
 For each (T, B, H) it times, interleaved in the same rounds (one sample per candidate per round, rotating
 order, as torchqrnn.bench.timing does on CPU, but with the GPU synchronised around every sample and timed
@@ -19,20 +19,28 @@ T*B*H); backward reads the gates, the cells and the output gradient and writes t
 forward+backward moves 13. Beside it, the unfused layer (torch's tanh / sigmoid, the Triton ForgetMult, the
 output gate) and the reference loop.
 
-Last, the grid of the QRNN paper's Figure 4 (right): the inference speed-up of one 320-unit
+Then the grid of the QRNN paper's Figure 4 (right): the inference speed-up of one 320-unit
 ``torchqrnn.QRNN`` layer over an equal ``nn.LSTM(320, 320)`` (cuDNN) for batch x sequence length, both in
 eval mode under ``torch.no_grad()``, next to the paper's cuDNN figures (as ``python -m torchqrnn.bench``
 prints them on CPU). The caption does not give the QRNN's convolution width; this uses ``window=1``, as that
 benchmark does (``--window 2`` for the other), so the layer is one projection ``Linear(320, 3 * 320)`` and
 the fused pooling.
+
+Last, a training step (forward and backward) in the paper's PTB setting: 2 layers of 640 units (window 2,
+then 1), batches of 20 x 105 steps, the QRNN against cuDNN's ``nn.LSTM`` and ``nn.GRU`` of the same size;
+and one 640-unit QRNN layer against its projection alone (the same GEMMs forward and backward: the floor a
+QRNN layer cannot go below) and one ``nn.LSTM`` layer: ``python -m torchqrnn.bench``'s PTB measurement,
+run on the GPU (float32; timed on the host clock with the device synchronised after every call).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,7 +48,7 @@ from typing import Any
 import torch
 
 import torchqrnn
-from torchqrnn.bench.__main__ import BATCHES, LENGTHS, PAPER_GRID
+from torchqrnn.bench.layer import BATCHES, LENGTHS, PAPER_GRID, Budget, Run, ptb_training
 from torchqrnn.bench.timing import CopyBandwidth, Samples, machine_info, ratio
 
 SHAPES = [(105, 20, 640), (1024, 1, 320), (64, 256, 320), (4096, 1, 1024)]
@@ -51,8 +59,8 @@ POOL_SHAPES = [(105, 20, 640)]
 SMOKE_POOL_SHAPES = [(12, 2, 16)]
 # Figure 4 (right) of the QRNN paper: batch sizes (rows) x sequence lengths (columns), 320 units; the grid
 # and the paper's figures are the CPU benchmark's (``python -m torchqrnn.bench``), so both print the same.
-FIGURE4 = (tuple(BATCHES), tuple(LENGTHS), 320)
-SMOKE_FIGURE4 = ((2,), (4, 8), 8)
+FIGURE4: tuple[tuple[int, ...], tuple[int, ...], int] = (tuple(BATCHES), tuple(LENGTHS), 320)
+SMOKE_FIGURE4: tuple[tuple[int, ...], tuple[int, ...], int] = ((2,), (4, 8), 8)
 PAPER_FIGURE4 = {
     (batch, steps): speedup
     for batch, row in PAPER_GRID.items()
@@ -195,15 +203,17 @@ def time_shape(
 
     def forward(backend: str, policy: Callable[[int, int, int], int] = heuristic) -> Callable[[], None]:
         def run() -> None:
-            kernels.choose_chunk = policy
+            kernels.choose_chunk = policy  # type: ignore[assignment]  # the schedule, forced as tests do
             with torch.no_grad():
                 torchqrnn.forget_mult(f, x, backend=backend)
 
         return run
 
-    def forward_backward(backend: str, policy: Callable[[int, int, int], int] = heuristic):
+    def forward_backward(
+        backend: str, policy: Callable[[int, int, int], int] = heuristic
+    ) -> Callable[[], None]:
         def run() -> None:
-            kernels.choose_chunk = policy
+            kernels.choose_chunk = policy  # type: ignore[assignment]
             f.grad = x.grad = None
             torchqrnn.forget_mult(f, x, backend=backend).backward(grad)
 
@@ -341,6 +351,20 @@ def figure4_speedups(
     return speedups
 
 
+def print_ptb(ptb: dict[str, Any], lstm: str) -> None:
+    s = ptb["shape"]
+    print(f"# training step (forward+backward), {s['layers']} layers x {s['units']} units (window 2, 1),")
+    print(f"# batch {s['batch']} x {s['steps']} steps, against {lstm} nn.LSTM / nn.GRU")
+    print("  " + ", ".join(f"{name} {ms:.3f} ms" for name, ms in ptb["ms"].items()))
+    print(f"  nn.LSTM / QRNN = {ptb['lstm_over_qrnn']:.2f}x, nn.GRU / QRNN = {ptb['gru_over_qrnn']:.2f}x")
+    print(
+        f"  one QRNN layer {ptb['layer_ms']:.3f} ms vs its projection GEMMs alone "
+        f"{ptb['layer_gemm_ms']:.3f} ms: "
+        f"{ptb['layer_over_gemm']:.2f}x the floor; one nn.LSTM layer {ptb['layer_lstm_ms']:.3f} ms "
+        f"({ptb['lstm_layer_over_layer']:.2f}x the QRNN layer)"
+    )
+
+
 def print_header(columns: list[tuple[str, int, str, str]]) -> None:
     header = " | ".join(f"{title:>{width}}" for title, width, _, _ in columns)
     print(header)
@@ -381,29 +405,33 @@ def print_figure4(speedups: dict[str, float], batches: tuple[int, ...], steps_li
         print(f"{batch:>10} | " + " | ".join(f"{cell:>14}" for cell in cells))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m torchqrnn.bench.gpu",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
+        "--cpu-smoke",
         "--interpret-smoke",
         action="store_true",
+        dest="cpu_smoke",
         help="run end to end on CPU tensors under TRITON_INTERPRET=1 with tiny shapes (no timing value)",
     )
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per shape")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
     parser.add_argument("--window", type=int, default=1, help="the QRNN layer's window in the Figure 4 grid")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    if args.interpret_smoke:
+    if args.cpu_smoke:
         if os.environ.get("TRITON_INTERPRET") != "1":
-            parser.error("--interpret-smoke runs the kernels in Triton's interpreter: set TRITON_INTERPRET=1")
+            parser.error("--cpu-smoke runs the kernels in Triton's interpreter: set TRITON_INTERPRET=1")
         device, shapes, rounds, min_seconds, megabytes = torch.device("cpu"), SMOKE_SHAPES, 2, 0.0, 1
         pool_shapes, (batches, steps_list, units) = SMOKE_POOL_SHAPES, SMOKE_FIGURE4
     else:
         if not torch.cuda.is_available():
-            parser.error("expected a CUDA device, got none (use --interpret-smoke for a CPU run)")
+            parser.error("expected a CUDA device, got none (use --cpu-smoke for a CPU run)")
         device, shapes, rounds, min_seconds, megabytes = torch.device("cuda"), SHAPES, 15, 0.02, 512
         pool_shapes, (batches, steps_list, units) = POOL_SHAPES, FIGURE4
     rounds = args.rounds or rounds
@@ -447,13 +475,20 @@ def main() -> None:
         min_seconds=min_seconds,
     )
     print_figure4(speedups, batches, steps_list)
+
+    print()
+    # the CPU benchmark's PTB step, on this device (its smoke shapes run on the CPU kernels)
+    # (its own printing goes nowhere: print_ptb prints the figures beside cuDNN's)
+    quiet = Run(device, Budget(rounds, max(min_seconds, 0.002)), quick=args.cpu_smoke, out=io.StringIO())
+    ptb = ptb_training(quiet)
+    print_ptb(ptb, lstm)
     if args.json:
         with open(args.json, "w") as out:
             json.dump(
                 {
                     "machine": info,
                     "dtype": args.dtype,
-                    "interpreted": args.interpret_smoke,
+                    "interpreted": args.cpu_smoke,
                     "shapes": results,
                     "qrnn_pool": pool_results,
                     "figure4": {
@@ -462,11 +497,14 @@ def main() -> None:
                         "lstm_time_over_qrnn_time": speedups,
                         "paper": {f"{b}x{t}": v for (b, t), v in PAPER_FIGURE4.items()},
                     },
+                    "ptb_training": ptb,
                 },
                 out,
                 indent=2,
             )
+    sys.stdout.flush()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
