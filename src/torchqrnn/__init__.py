@@ -9,13 +9,17 @@ Deployment helpers (``torch.export``, ONNX) live in :mod:`torchqrnn.export`, imp
 
 from __future__ import annotations
 
-# salesforce 0.2.1's module paths. ``forget_mult`` is imported first as the module (its import binds the
-# package attribute) and then rebound to the function just below: see torchqrnn/forget_mult.py.
-from . import forget_mult, qrnn  # noqa: F401  (the modules torchqrnn.forget_mult and torchqrnn.qrnn)
-from .nn import QRNN, ForgetMult, QRNNLayer
-from .nn.streaming import StreamingQRNN
-from .ops.forget_mult import forget_mult  # type: ignore[no-redef]  # noqa: F811  (the function wins)
-from .ops.qrnn_pool import qrnn_pool
+from importlib import import_module as _import_module
+
+# salesforce 0.2.1's module paths, imported first: importing the module torchqrnn.forget_mult binds the
+# package attribute ``forget_mult``, which the function then takes back (see torchqrnn/forget_mult.py).
+_import_module(".forget_mult", __name__)
+_import_module(".qrnn", __name__)
+
+from .nn import QRNN, ForgetMult, QRNNLayer  # noqa: E402
+from .nn.streaming import StreamingQRNN  # noqa: E402
+from .ops.forget_mult import forget_mult  # noqa: E402
+from .ops.qrnn_pool import qrnn_pool  # noqa: E402
 
 __version__ = "0.3.0.dev0"
 
