@@ -37,10 +37,16 @@ def test_layer_benchmark_is_the_default_and_prints_as_it_measures(tmp_path: path
         lines += process.stdout.readlines()
     assert process.returncode == 0
     output = "".join(lines)
-    for title in ("2. Training step", "3. Long sequence", "4. Streaming", "5. Peak memory"):
+    for title in (
+        "2. Training step", "3. Long sequence", "4. Streaming", "5. Peak memory", "6. bfloat16 autocast",
+        "7. int8 inference (quantize_dynamic)", "8. Streaming through the modules",
+    ):  # fmt: skip
         assert title in output
     report = json.loads(report_path.read_text())
     assert set(report) >= {"figure4", "ptb_training", "long_sequence", "streaming", "memory", "machine"}
+    assert report["bf16"]["training"]["qrnn_fp32_over_bf16"] > 0
+    assert report["int8"]["cells"]["8x32"]["relative_error"] < 0.03
+    assert report["streaming_modules"]["p99_us"]["qrnn_2"] > 0
     assert set(report["figure4"]["cells"]) == {"8x32", "8x64", "16x32", "16x64"}
     assert all(cell["speedup"] > 0 for cell in report["figure4"]["cells"].values())
     assert report["ptb_training"]["layer_over_gemm"] > 0
@@ -53,7 +59,19 @@ def test_layer_benchmark_runs_one_section(tmp_path: pathlib.Path) -> None:
     report_path = tmp_path / "bench.json"
     result = _bench("layer", "--quick", "--only", "streaming", "--json", str(report_path))
     assert "1. Streaming, batch 1" in result.stdout and "Inference speed-up" not in result.stdout
-    assert set(json.loads(report_path.read_text())) == {"device", "machine", "quick", "streaming"}
+    assert set(json.loads(report_path.read_text())) == {"device", "machine", "quick", "load", "streaming"}
+
+
+def test_layer_benchmark_under_load(tmp_path: pathlib.Path) -> None:
+    """``--load N`` runs N busy processes beside the measurements, and stops them afterwards."""
+    report_path = tmp_path / "bench.json"
+    result = _bench("--quick", "--load", "2", "--only", "streaming_modules", "--json", str(report_path))
+    assert "# load: 2 busy processes" in result.stdout and "p50 / p99" in result.stdout
+    report = json.loads(report_path.read_text())
+    assert report["load"] == 2
+    figures = report["streaming_modules"]
+    assert set(figures["p99_us"]) == set(figures["us"]) >= {"qrnn_1", "qrnn_2", "lstm_cell_1", "lstm_cell_2"}
+    assert all(figures["p99_us"][name] >= figures["p50_us"][name] for name in figures["p99_us"])
 
 
 def test_forget_mult_benchmark_quick(tmp_path: pathlib.Path) -> None:
@@ -98,6 +116,7 @@ def test_bad_options_fail_before_measuring(
     if not layer.torch.cuda.is_available():
         _refuses(["--device", "cuda"], "--device cuda: no CUDA device here", capsys)
     _refuses(["--rounds", "0"], "expected an integer >= 1, got '0'", capsys)
+    _refuses(["--load", "-1"], "--load: expected a number of processes >= 0, got -1", capsys)
     _refuses(["--json", str(tmp_path / "missing" / "out.json")], "does not exist", capsys)
     _refuses(["--json", str(tmp_path)], "expected a file name", capsys)
     _refuses(["--only", "streaming", "--plot", str(tmp_path / "p.png")], "--only leaves out", capsys)

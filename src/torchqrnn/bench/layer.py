@@ -10,7 +10,14 @@ Prints each figure as it is measured, and writes them as JSON (``--json``) and a
 3. a long sequence (T = 1024, B = 1) in training, where an LSTM's step-by-step recurrence hurts most;
 4. streaming latency per step, batch 1, 320 units: a QRNN layer called with T = 1 vs ``nn.LSTMCell`` /
    ``nn.GRUCell``;
-5. peak memory of a training step (the PTB setting, CPU): QRNN vs ``nn.LSTM``.
+5. peak memory of a training step (the PTB setting, CPU): QRNN vs ``nn.LSTM``;
+6. bfloat16 autocast (CPU), the PTB setting, training and inference: QRNN vs its float32 self vs
+   ``nn.LSTM`` (float32 and autocast);
+7. int8 inference (``quantize_dynamic``, CPU) on the Figure 4 grid: QRNN int8 vs QRNN float32 vs ``nn.LSTM``
+   float32 and int8, with the int8 QRNN's output error against float32;
+8. streaming through the modules users call: ``QRNNLayer``, ``QRNN`` (1 and 2 layers) and ``StreamingQRNN``
+   vs one and two ``nn.LSTMCell`` s, medians and each call's p50 / p99 (``--load N`` runs N busy processes
+   beside every measurement, as on a shared machine).
 
 Candidates are timed interleaved in the same rounds and ratios are medians of per-round ratios (see
 ``torchqrnn.bench.timing``): this project's machines drift by 2x within seconds. ``--quick`` is a smoke run.
@@ -19,6 +26,7 @@ Candidates are timed interleaved in the same rounds and ratios are medians of pe
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Callable
@@ -28,11 +36,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import QRNN, QRNNLayer
+from .. import QRNN, QRNNLayer, StreamingQRNN
 from ..ops.linear import cpu_gemm, linear
 from .memory import peak_bytes
 from .options import check_device, check_output_path, check_plotting, command_parser, positive_int
-from .timing import Samples, interleaved, machine_info, ratio
+from .timing import Samples, busy_processes, interleaved, latencies, machine_info, percentile, ratio
 
 BATCHES = [8, 16, 32, 64, 128, 256]
 LENGTHS = [32, 64, 128, 256, 512]
@@ -295,6 +303,182 @@ def training_memory(run: Run) -> dict[str, Any] | None:
     return {"mb": mb}
 
 
+def bf16_autocast(run: Run) -> dict[str, Any] | None:
+    """The PTB setting (2 x 640, batch 20 x 105) under ``torch.autocast(dtype=torch.bfloat16)``: training
+    step and inference, QRNN against its float32 self and against nn.LSTM (float32 and autocast)."""
+    if run.device.type != "cpu":
+        return None
+    steps, batch, size = (21, 4, 128) if run.quick else (105, 20, 640)
+    run.heading(f"bfloat16 autocast, 2 layers x {size} units, batch {batch} x {steps} steps")
+    x, grad = torch.randn(steps, batch, size), torch.randn(steps, batch, size)
+    qrnn = QRNN(size, size, num_layers=2, window=[2, 1])
+    lstm = nn.LSTM(size, size, num_layers=2)
+
+    def autocast(fn: Callable[[], object]) -> Callable[[], None]:
+        def run_autocast() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                fn()
+
+        return run_autocast
+
+    def infer(model: nn.Module) -> Callable[[], None]:
+        def forward() -> None:
+            with torch.no_grad():
+                model(x)
+
+        return forward
+
+    result: dict[str, Any] = {"shape": {"steps": steps, "batch": batch, "units": size, "layers": 2}}
+    figures: dict[str, Any]
+    for mode, make in (("training", lambda m: _training_step(m, x, grad)), ("inference", infer)):
+        qrnn.train(mode == "training")
+        lstm.train(mode == "training")
+        samples = run.time(
+            {
+                "qrnn_fp32": make(qrnn),
+                "qrnn_bf16": autocast(make(qrnn)),
+                "lstm_fp32": make(lstm),
+                "lstm_bf16": autocast(make(lstm)),
+            }
+        )
+        figures = {
+            "ms": {name: s.median * 1e3 for name, s in samples.items()},
+            "qrnn_fp32_over_bf16": ratio(samples["qrnn_fp32"], samples["qrnn_bf16"]),
+            "lstm_fp32_over_qrnn_bf16": ratio(samples["lstm_fp32"], samples["qrnn_bf16"]),
+            "lstm_bf16_over_qrnn_bf16": ratio(samples["lstm_bf16"], samples["qrnn_bf16"]),
+        }
+        result[mode] = figures
+        run.print(f"   {mode}: " + ", ".join(f"{name} {ms:.1f} ms" for name, ms in figures["ms"].items()))
+        run.print(
+            f"   {mode}: QRNN fp32 / QRNN bf16 = {figures['qrnn_fp32_over_bf16']:.2f}x; nn.LSTM fp32 / QRNN "
+            f"bf16 = {figures['lstm_fp32_over_qrnn_bf16']:.2f}x, nn.LSTM bf16 / QRNN bf16 = "
+            f"{figures['lstm_bf16_over_qrnn_bf16']:.2f}x"
+        )
+    return result
+
+
+def int8_grid(run: Run) -> dict[str, Any] | None:
+    """Inference of one 320-unit layer quantized with ``torch.ao.quantization.quantize_dynamic`` (int8
+    projection) on the Figure 4 grid: QRNN int8 against QRNN fp32 and nn.LSTM fp32 and int8, with the
+    QRNN's output error against float32."""
+    if run.device.type != "cpu":
+        return None
+    import warnings
+
+    batches, lengths = ([8, 16], [32, 64]) if run.quick else (BATCHES, LENGTHS)
+    size = 320
+    qrnn, lstm = QRNN(size, size).eval(), nn.LSTM(size, size).eval()
+    with warnings.catch_warnings():  # torch.ao's eager quantization is deprecated for torchao
+        warnings.simplefilter("ignore")
+        quantize = torch.ao.quantization.quantize_dynamic
+        qrnn_int8 = quantize(qrnn, {nn.Linear}, dtype=torch.qint8, inplace=False)
+        lstm_int8 = quantize(lstm, {nn.LSTM}, dtype=torch.qint8, inplace=False)
+    run.heading(
+        f"int8 inference (quantize_dynamic), {size}-unit layer: QRNN fp32 / QRNN int8, "
+        "nn.LSTM fp32 / QRNN int8 [nn.LSTM int8 / QRNN int8], output error"
+    )
+    run.print("   batch \\ T " + "".join(f"{t:>24}" for t in lengths))
+    cells: dict[str, Any] = {}
+    with torch.no_grad():
+        for batch in batches:
+            run.print(f"   {batch:>9} ", end="")
+            for steps in lengths:
+                x = torch.randn(steps, batch, size)
+                candidates = {
+                    "qrnn_fp32": qrnn,
+                    "qrnn_int8": qrnn_int8,
+                    "lstm_fp32": lstm,
+                    "lstm_int8": lstm_int8,
+                }
+                samples = run.time(
+                    {name: functools.partial(m, x) for name, m in candidates.items()}, min_seconds=0.01
+                )
+                expected = qrnn(x)[0]
+                error = float((qrnn_int8(x)[0] - expected).norm() / expected.norm())
+                cell = {
+                    "ms": {name: s.median * 1e3 for name, s in samples.items()},
+                    "qrnn_fp32_over_int8": ratio(samples["qrnn_fp32"], samples["qrnn_int8"]),
+                    "lstm_fp32_over_qrnn_int8": ratio(samples["lstm_fp32"], samples["qrnn_int8"]),
+                    "lstm_int8_over_qrnn_int8": ratio(samples["lstm_int8"], samples["qrnn_int8"]),
+                    "relative_error": error,
+                }
+                cells[f"{batch}x{steps}"] = cell
+                text = (
+                    f"{cell['qrnn_fp32_over_int8']:.1f}x {cell['lstm_fp32_over_qrnn_int8']:.1f}x "
+                    f"[{cell['lstm_int8_over_qrnn_int8']:.1f}x] {100 * error:.1f}%"
+                )
+                run.print(f"{text:>24}", end="")
+            run.print()
+    for key, words in (
+        ("qrnn_fp32_over_int8", "QRNN fp32 / int8"),
+        ("lstm_fp32_over_qrnn_int8", "LSTM fp32 / QRNN int8"),
+    ):
+        values = [cell[key] for cell in cells.values()]
+        run.print(f"   {words}: {min(values):.2f}x to {max(values):.2f}x")
+    run.print(f"   largest output error {100 * max(c['relative_error'] for c in cells.values()):.2f}%")
+    return {"batches": batches, "lengths": lengths, "cells": cells}
+
+
+def stream_step_candidates(size: int, device: torch.device) -> dict[str, Callable[[], object]]:
+    """One step at batch 1 through each module users stream with, and the LSTM cells to beat."""
+    layer = QRNNLayer(size, size, window=2, save_prev_x=True, device=device).eval()
+    qrnn1 = QRNN(size, size, 1, window=2, save_prev_x=True, device=device).eval()
+    qrnn2 = QRNN(size, size, 2, window=[2, 1], save_prev_x=True, device=device).eval()
+    streamer = StreamingQRNN(QRNN(size, size, 2, window=[2, 1], device=device).eval())
+    cell1, cell2 = nn.LSTMCell(size, size, device=device), nn.LSTMCell(size, size, device=device)
+    x = torch.randn(1, 1, size, device=device)
+    state = streamer.initial_state(1)
+    hc = (torch.zeros(1, size, device=device), torch.zeros(1, size, device=device))
+
+    def two_cells() -> None:
+        h, _ = cell1(x[0], hc)
+        cell2(h, hc)
+
+    return {
+        "qrnn_layer": lambda: layer(x),
+        "qrnn_1": lambda: qrnn1(x),
+        "qrnn_2": lambda: qrnn2(x),
+        "streaming_qrnn_2": lambda: streamer(x, *state),
+        "lstm_cell_1": lambda: cell1(x[0], hc),
+        "lstm_cell_2": two_cells,
+    }
+
+
+def streaming_modules(run: Run) -> dict[str, Any]:
+    """One streaming step, batch 1, 320 units (window 2 then 1), through QRNNLayer, QRNN (1 and 2 layers)
+    and StreamingQRNN, against one and two nn.LSTMCells: medians of interleaved rounds, and each call's
+    latency distribution (median and p99; under ``--load N`` this is the figure that matters)."""
+    size = 320
+    run.heading(f"Streaming through the modules, batch 1, {size} units, one step per call")
+    candidates = stream_step_candidates(size, run.device)
+    with torch.no_grad():
+        samples = run.time(
+            candidates, budget=Budget(max(run.budget.rounds, 15), run.budget.min_seconds * 2.5)
+        )
+        calls = latencies(candidates, calls=200 if run.quick else 3000)
+    result: dict[str, Any] = {
+        "us": {name: s.median * 1e6 for name, s in samples.items()},
+        "p50_us": {name: percentile(v, 50) * 1e6 for name, v in calls.items()},
+        "p99_us": {name: percentile(v, 99) * 1e6 for name, v in calls.items()},
+        "lstm_cell_1_over_qrnn_1": ratio(samples["lstm_cell_1"], samples["qrnn_1"]),
+        "lstm_cell_2_over_qrnn_2": ratio(samples["lstm_cell_2"], samples["qrnn_2"]),
+        "lstm_cell_2_over_streaming_qrnn_2": ratio(samples["lstm_cell_2"], samples["streaming_qrnn_2"]),
+        "qrnn_1_over_layer": ratio(samples["qrnn_1"], samples["qrnn_layer"]),
+    }
+    run.print("   median of rounds: " + ", ".join(f"{n} {us:.1f} us" for n, us in result["us"].items()))
+    run.print(
+        "   per call, p50 / p99: "
+        + ", ".join(f"{n} {result['p50_us'][n]:.0f}/{result['p99_us'][n]:.0f} us" for n in candidates)
+    )
+    run.print(
+        f"   nn.LSTMCell / QRNN(1 layer) = {result['lstm_cell_1_over_qrnn_1']:.2f}x, 2 nn.LSTMCells / "
+        f"QRNN(2 layers) = {result['lstm_cell_2_over_qrnn_2']:.2f}x, / StreamingQRNN(2 layers) = "
+        f"{result['lstm_cell_2_over_streaming_qrnn_2']:.2f}x; QRNN(1 layer) / QRNNLayer = "
+        f"{result['qrnn_1_over_layer']:.2f}x"
+    )
+    return result
+
+
 # report key -> section, in the order they run and print
 SECTIONS: dict[str, Callable[[Run], dict[str, Any] | None]] = {
     "figure4": figure4_grid,
@@ -302,6 +486,9 @@ SECTIONS: dict[str, Callable[[Run], dict[str, Any] | None]] = {
     "long_sequence": long_sequence_training,
     "streaming": streaming,
     "memory": training_memory,
+    "bf16": bf16_autocast,
+    "int8": int8_grid,
+    "streaming_modules": streaming_modules,
 }
 
 
@@ -336,6 +523,14 @@ def parser() -> argparse.ArgumentParser:
         choices=list(SECTIONS),
         help=f"run only this section (repeatable; one of {', '.join(SECTIONS)}; default: all)",
     )
+    result.add_argument(
+        "--load",
+        metavar="N",
+        type=int,
+        default=0,
+        help="run N busy processes (a spinning Python each) beside every measurement, as on a shared "
+        "machine; the streaming_modules section then shows each step's median and p99 under that load",
+    )
     result.add_argument("--json", metavar="PATH", help="write the results as JSON")
     result.add_argument(
         "--plot", metavar="PATH", help="write the Figure 4 grid as a PNG heatmap (matplotlib)"
@@ -356,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
         check_output_path(args_parser, "--plot", args.plot)
     if args.json:
         check_output_path(args_parser, "--json", args.json)
+    if args.load < 0:
+        args_parser.error(f"--load: expected a number of processes >= 0, got {args.load}")
     budget = Budget(rounds=2, min_seconds=0.002) if args.quick else Budget()
     if args.rounds:
         budget.rounds = args.rounds
@@ -366,9 +563,12 @@ def main(argv: list[str] | None = None) -> int:
     run.print(f"# torchqrnn benchmark on {device}: {info['cpu']}, {info['torch_threads']} threads")
     run.print(f"# versions: {info['versions']}")
     run.print("# times: medians of interleaved rounds; ratios: medians of per-round ratios")
-    report: dict[str, Any] = {"device": str(device), "machine": info, "quick": args.quick}
-    for name in sections:
-        report[name] = SECTIONS[name](run)
+    report: dict[str, Any] = {"device": str(device), "machine": info, "quick": args.quick, "load": args.load}
+    if args.load:
+        run.print(f"# load: {args.load} busy processes beside every measurement")
+    with busy_processes(args.load):
+        for name in sections:
+            report[name] = SECTIONS[name](run)
     if args.json:
         with open(args.json, "w") as out:
             json.dump(report, out, indent=2)

@@ -7,6 +7,7 @@ median over rounds of the per-round ratio, which cancels most of the drift.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import platform
@@ -14,7 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -124,3 +125,46 @@ def run_fresh_python(code: str, env: dict[str, str] | None = None) -> str:
     return subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True, env=merged
     ).stdout
+
+
+@contextlib.contextmanager
+def busy_processes(count: int) -> Iterator[None]:
+    """``count`` other processes spinning on the CPU for as long as the block runs: a shared machine's load
+    (``--load N``). They are killed on the way out, however the block ends."""
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+        for _ in range(count)
+    ]
+    try:
+        time.sleep(0.5 if count else 0.0)  # let them reach the cores
+        yield
+    finally:
+        for process in spinners:
+            process.kill()
+        for process in spinners:
+            process.wait()
+
+
+def latencies(
+    candidates: dict[str, Callable[[], object]], *, calls: int = 2000, block: int = 50
+) -> dict[str, list[float]]:
+    """Seconds of each single call, ``calls`` per candidate, in interleaved blocks of ``block`` calls: the
+    distribution (median, p99) of a latency, where :func:`interleaved` averages it away."""
+    for fn in candidates.values():
+        fn()
+    seconds: dict[str, list[float]] = {name: [] for name in candidates}
+    clock = time.perf_counter
+    for _ in range(max(1, calls // block)):
+        for name, fn in candidates.items():
+            out = seconds[name]
+            for _ in range(block):
+                start = clock()
+                fn()
+                out.append(clock() - start)
+    return seconds
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of ``values``, nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
