@@ -21,7 +21,11 @@ would give, without those full-size copies.
 from __future__ import annotations
 
 import math
+import os
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numba
 import numpy as np
@@ -31,11 +35,15 @@ from numba import types
 from numba.extending import intrinsic, overload
 from torch import Tensor
 
-# Below this many elements a parallel launch costs more than it saves.
+# Below this many elements (T * B * H) a call runs on the calling thread alone: waking a helper costs more
+# than it saves (PyTorch's at::parallel_for uses a grain of 32768 elements; a streaming step is far below).
 PARALLEL_MIN_NUMEL = 1 << 16
 # Columns per job: shorter rows pay the per-row slicing and alias checks on too little work (measured:
 # T=1024, B=1, H=320 split in four jobs of 80 ran slower than one serial job); longer ones help little.
 MIN_CHUNK, MAX_CHUNK = 256, 8192
+# Jobs per thread: threads claim jobs one at a time, so a thread that the OS deschedules holds back only the
+# job it is on, and the others take the rest.
+JOBS_PER_THREAD = 8
 
 # The dtypes the kernels take, each with the numpy dtype its storage is handed over as (see above).
 _STORAGE = {
@@ -117,16 +125,63 @@ def use_threads(count: int) -> None:
         _threads.count = count
 
 
-def schedule(steps: int, batch: int, hidden: int) -> tuple[bool, int]:
-    """(parallel?, column chunk): enough jobs to balance the threads, each long enough to vectorise well."""
-    threads = min(torch.get_num_threads(), MAX_THREADS)
+def schedule(steps: int, batch: int, hidden: int) -> tuple[int, int]:
+    """(threads, column chunk) of a pooling call: one thread below the grain, else enough jobs for every
+    thread to claim several, each long enough to vectorise well. Threads follow ``torch.get_num_threads()``.
+    """
+    threads = torch.get_num_threads()
     columns = batch * hidden
     if threads == 1 or steps * columns < PARALLEL_MIN_NUMEL or columns < 2 * MIN_CHUNK:
-        return False, hidden
-    use_threads(threads)
-    per_job = -(-columns // (2 * threads))
+        return 1, hidden
+    per_job = -(-columns // (JOBS_PER_THREAD * threads))
     chunk = min(hidden, max(MIN_CHUNK, min(MAX_CHUNK, -(-per_job // 16) * 16)))
-    return True, chunk
+    jobs = batch * -(-hidden // chunk)
+    return min(threads, jobs), chunk
+
+
+_helpers: ThreadPoolExecutor | None = None
+_helpers_lock = threading.Lock()
+
+
+def _helper_pool() -> ThreadPoolExecutor:
+    global _helpers
+    if _helpers is None:
+        with _helpers_lock:
+            if _helpers is None:
+                _helpers = ThreadPoolExecutor(max(1, (os.cpu_count() or 1) - 1), "torchqrnn-cpu")
+    return _helpers
+
+
+def run_jobs(kernel: Callable[..., None], args: tuple[Any, ...], threads: int) -> None:
+    """Run ``kernel(*args, counter)`` on ``threads`` threads, the caller one of them.
+
+    The kernel claims jobs from ``counter`` (:func:`claim`) until none is left, so the work balances itself:
+    a helper that starts late takes fewer jobs or none, and one that has not started when the jobs run out
+    is cancelled rather than waited for. (Numba's own ``prange`` splits the work evenly in advance, so a
+    descheduled thread held all the others: 3.2x one thread's time with two busy processes beside it.) The
+    kernels release the GIL (``nogil``), so the helpers are plain Python threads, one call each.
+    """
+    counter = np.zeros(1, np.int64)
+    if threads <= 1:
+        kernel(*args, counter)
+        return
+    pool = _helper_pool()
+    helpers = [pool.submit(kernel, *args, counter) for _ in range(threads - 1)]
+    kernel(*args, counter)
+    for helper in helpers:
+        if not helper.cancel():
+            helper.result()
+
+
+@intrinsic
+def claim(typingctx, counter):  # pragma: no cover - numba
+    """The next job's index: an atomic fetch-and-add on ``counter[0]`` (an int64 array)."""
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.atomic_rmw("add", data, ir.Constant(ir.IntType(64), 1), "monotonic")
+
+    return types.int64(counter), codegen
 
 
 # ---------------------------------------------------------------------------------------------------------

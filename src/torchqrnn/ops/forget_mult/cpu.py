@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import njit
 from torch import Tensor
 
 from .._cpu import (
     as_numpy,
+    claim,
     flat,
     layout_rows,
     load,
     load_row,
+    run_jobs,
     schedule,
     scratch,
     state_array,
@@ -108,38 +110,31 @@ def _backward_segment(
     store_row(dh0[b, c0 : c0 + n], carry, n)
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _forward_parallel(f, x, out, h0, steps, batch, hidden, chunk, layout, has_h0):  # pragma: no cover
+@njit(cache=True, nogil=True, boundscheck=False)
+def _forward_jobs(f, x, out, h0, steps, batch, hidden, chunk, layout, has_h0, counter):  # pragma: no cover
+    # one job: a (batch, column chunk) segment over all steps; claimed one at a time (see run_jobs)
     per_batch = (hidden + chunk - 1) // chunk
-    for job in prange(batch * per_batch):
+    while True:
+        job = claim(counter)
+        if job >= batch * per_batch:
+            return
         b, c0 = job // per_batch, (job % per_batch) * chunk
         _forward_segment(f, x, out, h0, steps, min(chunk, hidden - c0), layout, b, c0, has_h0)
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def _forward_serial(f, x, out, h0, steps, batch, hidden, chunk, layout, has_h0):  # pragma: no cover
-    for b in range(batch):
-        _forward_segment(f, x, out, h0, steps, hidden, layout, b, 0, has_h0)
-
-
-@njit(cache=True, parallel=True, boundscheck=False)
-def _backward_parallel(
-    f, x, out, h0, dout, df, dx, dh0, steps, batch, hidden, chunk, layout, has_h0
+def _backward_jobs(
+    f, x, out, h0, dout, df, dx, dh0, steps, batch, hidden, chunk, layout, has_h0, counter
 ):  # pragma: no cover
     per_batch = (hidden + chunk - 1) // chunk
-    for job in prange(batch * per_batch):
+    while True:
+        job = claim(counter)
+        if job >= batch * per_batch:
+            return
         b, c0 = job // per_batch, (job % per_batch) * chunk
         _backward_segment(
             f, x, out, h0, dout, df, dx, dh0, steps, min(chunk, hidden - c0), layout, b, c0, has_h0
         )
-
-
-@njit(cache=True, nogil=True, boundscheck=False)
-def _backward_serial(
-    f, x, out, h0, dout, df, dx, dh0, steps, batch, hidden, chunk, layout, has_h0
-):  # pragma: no cover
-    for b in range(batch):
-        _backward_segment(f, x, out, h0, dout, df, dx, dh0, steps, hidden, layout, b, 0, has_h0)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -165,9 +160,8 @@ def forward(f: Tensor, x: Tensor, h0: Tensor | None, out: Tensor, reverse: bool)
     operands = [unit_last_stride(f, dtype), unit_last_stride(x, dtype), target]
     operands, state = _flatten_batch(operands, h0)
     _, batch_k, hidden_k = operands[0].shape
-    parallel, chunk = schedule(steps, batch_k, hidden_k)
-    kernel = _forward_parallel if parallel else _forward_serial
-    kernel(
+    threads, chunk = schedule(steps, batch_k, hidden_k)
+    args = (
         *(flat(t) for t in operands),
         state_array(state, dtype),
         steps,
@@ -177,6 +171,7 @@ def forward(f: Tensor, x: Tensor, h0: Tensor | None, out: Tensor, reverse: bool)
         layout_rows(operands, steps, walk_backwards=reverse),
         state is not None,
     )
+    run_jobs(_forward_jobs, args, threads)
     if target is not out:
         out.copy_(target)
 
@@ -215,9 +210,8 @@ def backward(
     operands, state = _flatten_batch(operands, h0)
     grad_state = targets[2].view(operands[0].shape[1], operands[0].shape[2])
     _, batch_k, hidden_k = operands[0].shape
-    parallel, chunk = schedule(steps, batch_k, hidden_k)
-    kernel = _backward_parallel if parallel else _backward_serial
-    kernel(
+    threads, chunk = schedule(steps, batch_k, hidden_k)
+    args = (
         flat(operands[_F]),
         flat(operands[_X]),
         flat(operands[_OUT]),
@@ -233,6 +227,7 @@ def backward(
         layout_rows(operands, steps, walk_backwards=not reverse),
         state is not None,
     )
+    run_jobs(_backward_jobs, args, threads)
     for result, target in zip((df, dx, dh0), targets, strict=True):
         if target is not result:
             result.copy_(target)

@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import njit
 from torch import Tensor
 
 from .._cpu import (
     NO_STATE,
     as_numpy,
+    claim,
     compute_scalar,
     flat,
     layout_rows,
     load,
     load_row,
+    run_jobs,
     schedule,
     scratch,
     sigmoid,
@@ -206,12 +208,16 @@ def _backward_segment(
     store_row(dh0[b, c0 : c0 + n], carry, n)
 
 
-@njit(cache=True, parallel=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH)
-def _forward_parallel(
-    gates, mask, out, cells, h0, hn, lengths, steps, batch, hidden, chunk, layout, scale, one, flags
+@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH)
+def _forward_jobs(
+    gates, mask, out, cells, h0, hn, lengths, steps, batch, hidden, chunk, layout, scale, one, flags, counter
 ):  # pragma: no cover - numba
+    # one job: a (batch, column chunk) segment over all steps; claimed one at a time (see run_jobs)
     per_batch = (hidden + chunk - 1) // chunk
-    for job in prange(batch * per_batch):
+    while True:
+        job = claim(counter)
+        if job >= batch * per_batch:
+            return
         b, c0 = job // per_batch, (job % per_batch) * chunk
         n = min(chunk, hidden - c0)
         _forward_segment(
@@ -220,38 +226,19 @@ def _forward_parallel(
 
 
 @njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH)
-def _forward_serial(
-    gates, mask, out, cells, h0, hn, lengths, steps, batch, hidden, chunk, layout, scale, one, flags
-):  # pragma: no cover - numba
-    for b in range(batch):
-        _forward_segment(
-            gates, mask, out, cells, h0, hn, lengths, steps, hidden, hidden, layout, b, 0, scale, one, flags
-        )
-
-
-@njit(cache=True, parallel=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH)
-def _backward_parallel(
+def _backward_jobs(
     gates, mask, out, cells, h0, dhn, dout, dgates, dh0, lengths, steps, batch, hidden, chunk, layout, scale,
-    one, flags, has_dhn,
+    one, flags, has_dhn, counter,
 ):  # pragma: no cover - numba  # fmt: skip
     per_batch = (hidden + chunk - 1) // chunk
-    for job in prange(batch * per_batch):
+    while True:
+        job = claim(counter)
+        if job >= batch * per_batch:
+            return
         b, c0 = job // per_batch, (job % per_batch) * chunk
         n = min(chunk, hidden - c0)
         _backward_segment(
             gates, mask, out, cells, h0, dhn, dout, dgates, dh0, lengths, steps, hidden, n, layout, b, c0,
-            scale, one, flags, has_dhn,
-        )  # fmt: skip
-
-
-@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH)
-def _backward_serial(
-    gates, mask, out, cells, h0, dhn, dout, dgates, dh0, lengths, steps, batch, hidden, chunk, layout, scale,
-    one, flags, has_dhn,
-):  # pragma: no cover - numba  # fmt: skip
-    for b in range(batch):
-        _backward_segment(
-            gates, mask, out, cells, h0, dhn, dout, dgates, dh0, lengths, steps, hidden, hidden, layout, b, 0,
             scale, one, flags, has_dhn,
         )  # fmt: skip
 
@@ -344,9 +331,8 @@ def forward(
         )
     hn_k = hn if hn.dtype == dtype and hn.is_contiguous() else torch.empty(hn.shape, dtype=dtype)
     operands = [unit_last_stride(gates, dtype), _keep_operand(mask, steps, batch, hidden), out_k, cells_k]
-    parallel, chunk = schedule(steps, batch, hidden)
-    kernel = _forward_parallel if parallel else _forward_serial
-    kernel(
+    threads, chunk = schedule(steps, batch, hidden)
+    args = (
         *(flat(t) for t in operands),
         state_array(h0, dtype),
         as_numpy(hn_k),
@@ -360,6 +346,7 @@ def forward(
         one,
         (output_gate, input_gate, h0 is not None, lengths is not None, reverse),
     )
+    run_jobs(_forward_jobs, args, threads)
     for result, computed in ((out, out_k), (cells, cells_k), (hn, hn_k)):
         if computed is not result and (output_gate or result is not cells):
             result.copy_(computed)
@@ -400,9 +387,8 @@ def backward(
         unit_last_stride(dout, dtype),
         dgates_target,
     ]
-    parallel, chunk = schedule(steps, batch, hidden)
-    kernel = _backward_parallel if parallel else _backward_serial
-    kernel(
+    threads, chunk = schedule(steps, batch, hidden)
+    args = (
         *(flat(t) for t in operands[:4]),
         state_array(h0, dtype),
         state_array(dhn, dtype),
@@ -420,6 +406,7 @@ def backward(
         (output_gate, input_gate, h0 is not None, lengths is not None, reverse),
         dhn is not None,
     )
+    run_jobs(_backward_jobs, args, threads)
     if dgates_target is not dgates:
         dgates.copy_(dgates_target)
     if dh0_target is not dh0:
