@@ -110,21 +110,6 @@ def layout_rows(operands: list[Tensor], steps: int, walk_backwards: bool) -> np.
     return np.array(rows, dtype=np.int64).reshape(len(operands), 3)
 
 
-MAX_THREADS = numba.config.NUMBA_NUM_THREADS
-_threads = threading.local()  # the count this thread last gave numba (numba keeps one per thread)
-
-
-def use_threads(count: int) -> None:
-    """Run numba's parallel kernels on ``count`` threads (torch's setting, so both libraries agree).
-
-    ``numba.set_num_threads`` takes a lock on every call (3-6 us, as much as a streaming step's kernel), so
-    it is called only when the count changes.
-    """
-    if getattr(_threads, "count", MAX_THREADS) != count:
-        numba.set_num_threads(count)
-        _threads.count = count
-
-
 def schedule(steps: int, batch: int, hidden: int) -> tuple[int, int]:
     """(threads, column chunk) of a pooling call: one thread below the grain, else enough jobs for every
     thread to claim several, each long enough to vectorise well. Threads follow ``torch.get_num_threads()``.
