@@ -3,9 +3,11 @@ helper thread that does not get to run holds nothing back."""
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,3 +66,27 @@ def test_every_job_runs_once_with_helpers(two_threads) -> None:
     torch.testing.assert_close(out, expected)
     for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want)
+
+
+def test_a_forked_child_runs_the_kernels(monkeypatch: pytest.MonkeyPatch, two_threads) -> None:
+    """The parent's helper threads do not exist in a child process: the child makes its own."""
+    # Small enough that torch itself runs no OpenMP region (libgomp hangs in a forked child), threaded here.
+    monkeypatch.setattr(_cpu, "PARALLEL_MIN_NUMEL", 0)
+    f, x = torch.rand(8, 4, 256), torch.randn(8, 4, 256)
+    expected = forget_mult(f, x)  # the parent's helper pool exists from here on
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            fresh = _cpu._helpers is None  # the parent's pool forgotten
+            same = np.array_equal(forget_mult(f, x).numpy(), expected.numpy())
+            threaded = _cpu.schedule(8, 1, 1024)[0] == 2 and _cpu._helpers is not None
+            os.write(write, b"1" if fresh and same and threaded else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        with os.fdopen(read, "rb") as answer:
+            assert answer.read() == b"1"
+    finally:
+        os.waitpid(pid, 0)

@@ -137,6 +137,15 @@ def _helper_pool() -> ThreadPoolExecutor:
     return _helpers
 
 
+def _forget_helpers() -> None:
+    """In a forked child (a DataLoader worker, say) the parent's helper threads do not exist: start anew."""
+    global _helpers, _helpers_lock
+    _helpers, _helpers_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_helpers)
+
+
 def run_jobs(kernel: Callable[..., None], args: tuple[Any, ...], threads: int) -> None:
     """Run ``kernel(*args, counter)`` on ``threads`` threads, the caller one of them.
 
