@@ -45,24 +45,15 @@ MIN_CHUNK, MAX_CHUNK = 256, 8192
 # job it is on, and the others take the rest.
 JOBS_PER_THREAD = 8
 
-# The dtypes the kernels take, each with the numpy dtype its storage is handed over as (see above).
-_STORAGE = {
-    torch.float32: (np.float32, torch.float32),
-    torch.float64: (np.float64, torch.float64),
-    torch.bfloat16: (np.uint16, torch.uint16),
-    torch.float16: (np.int16, torch.int16),
-}
-KERNEL_DTYPES = tuple(_STORAGE)
+# The half types' storage as numba sees it (numba has neither type); float32 and float64 go as they are.
 _HALF_STORAGE = {torch.bfloat16: torch.uint16, torch.float16: torch.int16}
 # Stand-ins for an absent (B, H) state, so that numba sees one array type whether or not there is one.
 NO_STATE: dict[torch.dtype, np.ndarray] = {
-    dtype: np.zeros((1, 1), np_dtype) for dtype, (np_dtype, _) in _STORAGE.items()
+    torch.float32: np.zeros((1, 1), np.float32),
+    torch.float64: np.zeros((1, 1), np.float64),
+    torch.bfloat16: np.zeros((1, 1), np.uint16),
+    torch.float16: np.zeros((1, 1), np.int16),
 }
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the kernels compute in for ``dtype``: float64 for float64, float32 for the others."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def compute_scalar(dtype: torch.dtype, value: float) -> np.floating:
