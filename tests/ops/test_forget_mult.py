@@ -125,7 +125,8 @@ def test_cpu_parallel_chunks_match_reference(
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        assert _cpu.schedule(33, 3, 150) == (True, 128)  # 450 columns -> chunks of 128, 128, 128, 66
+        assert _cpu.schedule(33, 3, 150) == (2, 64)  # per sequence 150 columns: chunks of 64, 64, 22
+        assert _cpu.schedule(33, 1, 450) == (2, 64)  # 8 jobs (at most JOBS_PER_THREAD per thread)
         f, x, h0 = make_inputs(33, 3, 150, batch_first=batch_first)
         weight = torch.randn(f.shape)
         results = []

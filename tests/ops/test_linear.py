@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -19,7 +24,7 @@ PRODUCTS = ("forward", "input_grad", "weight_grad")
 
 def use_choice(monkeypatch: pytest.MonkeyPatch, choice: dict[str, str]) -> None:
     monkeypatch.setattr(projection, "_setting", "auto")
-    monkeypatch.setattr(projection, "_probed", choice)
+    monkeypatch.setattr(projection, "_probed", dict.fromkeys(projection.PROBED_DTYPES, choice))
     monkeypatch.setattr(projection, "ONEDNN_MIN_ROWS", 1)
 
 
@@ -67,10 +72,11 @@ def test_choice_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="set_cpu_gemm: expected one of"):
         projection.set_cpu_gemm("mkl")
     monkeypatch.setenv("TORCHQRNN_CPU_GEMM", "auto")
-    monkeypatch.setattr(projection, "_probed", None)
+    monkeypatch.setattr(projection, "_probed", {})
     verdict = projection.cpu_gemm()  # the probe runs once and decides each product
     assert set(verdict) == set(PRODUCTS) and set(verdict.values()) <= {"onednn", "linear"}
-    assert projection._probed is verdict and projection.cpu_gemm() is verdict
+    assert projection._probed[torch.float32] is verdict and projection.cpu_gemm() is verdict
+    assert projection.cpu_gemm(torch.float64) == dict.fromkeys(PRODUCTS, "linear")  # not probed
 
 
 def test_plain_linear_where_onednn_does_not_apply(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,8 +89,100 @@ def test_plain_linear_where_onednn_does_not_apply(monkeypatch: pytest.MonkeyPatc
     x, w = torch.randn(4, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
     torch.testing.assert_close(projection.linear(x, w, None), F.linear(x, w))
     projection.linear(x.float(), w.float(), None, backend="reference")
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.float16):  # float16: not probed
         projection.linear(x.float(), w.float(), None)
     monkeypatch.setattr(projection, "_setting", "linear")
     projection.linear(x.float(), w.float(), None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        projection.linear(x.float(), w.float(), None)
     assert calls == []
+
+
+@needs_onednn
+@pytest.mark.skipif(not projection._onednn_available(torch.bfloat16), reason="no oneDNN bfloat16 kernels")
+@pytest.mark.parametrize(
+    "libraries", [("onednn",) * 3, ("onednn", "linear", "onednn"), ("linear", "onednn", "linear")]
+)
+def test_bfloat16_autocast_matches_f_linear(monkeypatch: pytest.MonkeyPatch, libraries) -> None:
+    """Under CPU autocast the projection casts as autocast does: bfloat16 output, float32 gradients."""
+    use_choice(monkeypatch, dict(zip(PRODUCTS, libraries, strict=True)))
+    source, weights = torch.randn(40, 3, 24), [torch.randn(36, 24), torch.randn(36)]
+    results = []
+    for use in (projection.linear, F.linear):
+        x = source.clone().requires_grad_()
+        w = [t.clone().requires_grad_() for t in weights]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = use(x, *w)
+        assert out.dtype == torch.bfloat16
+        grad = torch.linspace(-1, 1, out.numel()).reshape(out.shape).bfloat16()
+        results.append((out, *torch.autograd.grad(out, (x, *w), grad)))
+    for got, expected in zip(*results, strict=True):
+        assert got.dtype == expected.dtype
+        torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)
+
+
+def test_probe_leaves_the_global_random_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(projection, "_setting", "auto")
+    monkeypatch.setattr(projection, "_probed", {})
+    x, w = torch.randn(300, 8), torch.randn(12, 8)
+    torch.manual_seed(0)
+    projection.linear(x, w, None)  # the first large float32 product: the probe runs
+    after_probe = torch.rand(4)
+    torch.manual_seed(0)
+    assert torch.float32 in projection._probed or not projection._onednn_available()
+    assert torch.equal(after_probe, torch.rand(4))
+
+
+def test_deterministic_mode_fixes_the_choice_without_timing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_timing(dtype: torch.dtype) -> dict[str, str]:
+        raise AssertionError("timed under deterministic algorithms")
+
+    monkeypatch.setattr(projection, "_setting", None)
+    monkeypatch.delenv("TORCHQRNN_CPU_GEMM", raising=False)
+    monkeypatch.setattr(projection, "_probed", {})
+    monkeypatch.setattr(projection, "_probe", no_timing)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for dtype in projection.PROBED_DTYPES:
+            assert projection.cpu_gemm(dtype) == dict.fromkeys(PRODUCTS, "linear")
+        if projection._onednn_available():  # an explicit setting still wins
+            monkeypatch.setenv("TORCHQRNN_CPU_GEMM", "onednn")
+            assert projection.cpu_gemm() == dict.fromkeys(PRODUCTS, "onednn")
+    finally:
+        torch.use_deterministic_algorithms(was)
+
+
+_TRAINING_STEP = textwrap.dedent(
+    """
+    import hashlib, torch
+    from torchqrnn import QRNN
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(0)
+    qrnn = QRNN(48, 64, num_layers=2, window=[2, 1], zoneout=0.2, dropout=0.1)
+    x = torch.randn(30, 12, 48)  # 360 rows: a product large enough for the probe
+    out, h_n = qrnn(x)
+    (out.square().sum() + h_n.sum()).backward()
+    digest = hashlib.sha256()
+    for t in (out, h_n, *(p.grad for p in qrnn.parameters()), torch.rand(3)):
+        digest.update(t.detach().numpy().tobytes())
+    print(digest.hexdigest())
+    """
+)
+
+
+def test_two_processes_compute_the_same_bits() -> None:
+    """With deterministic algorithms, outputs, gradients and the random stream after are bitwise equal."""
+    env = {k: v for k, v in os.environ.items() if k != "TORCHQRNN_CPU_GEMM"}
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", _TRAINING_STEP],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        ).stdout.split()[-1]
+        for _ in range(2)
+    ]
+    assert runs[0] == runs[1] and len(runs[0]) == len(hashlib.sha256().hexdigest())

@@ -164,19 +164,26 @@ def test_cpu_parallel_chunks_match_reference(monkeypatch: pytest.MonkeyPatch, re
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_types(kernel, dtype) -> None:
-    """Error against float64 at most twice that of the reference run on the same half inputs."""
-    gates = make_gates(40, 2, 17, dtype=dtype)
-    h0 = torch.randn(2, 17, dtype=dtype, requires_grad=True)
-    weight = torch.randn(40, 2, 17, dtype=dtype)
-    got, budget = run_both(kernel, gates, h0, weight, torch.zeros(2, 17, dtype=dtype))
-    exact_inputs = [t.detach().double().requires_grad_() for t in (gates, h0)]
-    exact_out, _ = qrnn_pool_reference(
-        *exact_inputs, output_gate=True, input_gate=False, forget_mask=None, forget_scale=1.0, lengths=None,
-        batch_first=False, reverse=False,
+@pytest.mark.parametrize(("output_gate", "input_gate"), POOLINGS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_half_types(kernel, dtype, output_gate, input_gate, reverse) -> None:
+    """Error against float64 at most twice that of the reference run on the same half inputs (which
+    computes in float32), with zoneout, lengths and a final-state gradient."""
+    steps, batch, hidden = 40, 3, 17
+    gates = make_gates(steps, batch, hidden, output_gate=output_gate, input_gate=input_gate, dtype=dtype)
+    h0 = torch.randn(batch, hidden, dtype=dtype, requires_grad=True)
+    weight = torch.randn(steps, batch, hidden, dtype=dtype)
+    final_weight = torch.randn(batch, hidden, dtype=dtype)
+    options = dict(
+        output_gate=output_gate, input_gate=input_gate, reverse=reverse, forget_scale=0.9,
+        forget_mask=torch.rand(steps, batch, hidden) > 0.2, lengths=torch.tensor([40, 23, 0]),
     )  # fmt: skip
-    exact = (exact_out, *torch.autograd.grad((exact_out * weight.double()).sum(), exact_inputs))
-    for g, b, e in zip((got[0], got[2], got[3]), (budget[0], budget[2], budget[3]), exact, strict=True):
+    got, budget = run_both(kernel, gates, h0, weight, final_weight, **options)
+    exact_inputs = [t.detach().double().requires_grad_() for t in (gates, h0)]
+    exact_out, exact_hn = qrnn_pool_reference(*exact_inputs, batch_first=False, **options)
+    exact_loss = (exact_out * weight.double()).sum() + (exact_hn * final_weight.double()).sum()
+    exact = (exact_out, exact_hn, *torch.autograd.grad(exact_loss, exact_inputs))
+    for g, b, e in zip(got, budget, exact, strict=True):
         assert g.dtype == dtype
         error, allowed = (g.double() - e).abs().max().item(), (b.double() - e).abs().max().item()
         assert error <= 2 * allowed + 1e-6, (error, allowed)

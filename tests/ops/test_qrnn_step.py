@@ -25,7 +25,7 @@ def make(batch: int, size: int, hidden: int, gates: int, dtype: torch.dtype = to
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("parallel", [False, True])
 def test_kernel_matches_reference(monkeypatch, output_gate, input_gate, batch, dtype, parallel) -> None:
-    monkeypatch.setattr(step_cpu, "_PARALLEL_MIN_WEIGHTS", 0 if parallel else 1 << 40)
+    monkeypatch.setattr(step_cpu, "_PARALLEL_MIN_MACS", 0 if parallel else 1 << 40)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

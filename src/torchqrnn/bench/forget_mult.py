@@ -35,11 +35,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from numba import prange
 
 import torchqrnn
 
-from ..ops._cpu import MAX_THREADS, schedule
+from ..ops._cpu import JOBS_PER_THREAD, claim, run_jobs, schedule
 from ..ops._numba_cache import njit
 from .options import check_output_path, command_parser, positive_int
 from .timing import interleaved, machine_info, ratio, run_fresh_python
@@ -85,39 +84,40 @@ def _read4_write2(f, x, h, g, df, dx, lo, hi):  # pragma: no cover - numba
         dx[i] = f[i] * g[i]
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _floor_forward_parallel(f, x, h, jobs):  # pragma: no cover - numba
+@njit(cache=True, nogil=True, boundscheck=False)
+def _floor_forward_jobs(f, x, h, jobs, counter):  # pragma: no cover - numba
     per = (h.size + jobs - 1) // jobs
-    for j in prange(jobs):
+    while True:  # jobs claimed one at a time, as the kernels claim theirs (ops/_cpu.py: run_jobs)
+        j = claim(counter)
+        if j >= jobs:
+            return
         _read2_write1(f, x, h, j * per, min(h.size, (j + 1) * per))
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _floor_backward_parallel(f, x, h, g, df, dx, jobs):  # pragma: no cover - numba
+@njit(cache=True, nogil=True, boundscheck=False)
+def _floor_backward_jobs(f, x, h, g, df, dx, jobs, counter):  # pragma: no cover - numba
     per = (h.size + jobs - 1) // jobs
-    for j in prange(jobs):
+    while True:
+        j = claim(counter)
+        if j >= jobs:
+            return
         _read4_write2(f, x, h, g, df, dx, j * per, min(h.size, (j + 1) * per))
 
 
 class Floor:
-    """The floor's two passes for contiguous (T, B, H) tensors, on the kernel's own thread schedule."""
+    """The floor's two passes for contiguous (T, B, H) tensors, on the kernel's own thread schedule: the
+    same threads, the same number of jobs per thread, claimed the same way."""
 
     def __init__(self, steps: int, batch: int, hidden: int) -> None:
         # the kernel merges B into H for contiguous operands, then schedules (T, 1, B*H)
-        self.parallel, _ = schedule(steps, 1, batch * hidden)
-        self.jobs = 2 * min(torch.get_num_threads(), MAX_THREADS)
+        self.threads, _ = schedule(steps, 1, batch * hidden)
+        self.jobs = JOBS_PER_THREAD * self.threads
 
     def forward(self, f: np.ndarray, x: np.ndarray, h: np.ndarray) -> None:
-        if self.parallel:
-            _floor_forward_parallel(f, x, h, self.jobs)
-        else:
-            _read2_write1(f, x, h, 0, h.size)
+        run_jobs(_floor_forward_jobs, (f, x, h, self.jobs), self.threads)
 
     def backward(self, *arrays: np.ndarray) -> None:
-        if self.parallel:
-            _floor_backward_parallel(*arrays, self.jobs)
-        else:
-            _read4_write2(*arrays, 0, arrays[0].size)
+        run_jobs(_floor_backward_jobs, (*arrays, self.jobs), self.threads)
 
 
 def _flat(t: torch.Tensor) -> np.ndarray:

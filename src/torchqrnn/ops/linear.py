@@ -1,12 +1,19 @@
 """The layer's projection at the best GEMMs the platform offers, with ``F.linear`` as the exact fallback.
 
-On CPU PyTorch runs ``F.linear`` and its backward through MKL, while ``nn.LSTM`` itself calls oneDNN. Neither
-library wins everywhere: on this project's AMD EPYC (Zen 4) machine oneDNN ran the forward product
-``Y = X W^T`` and the input gradient ``dX = dY W`` about 1.3x faster than MKL, and MKL the weight gradient
-``dW = dY^T X`` up to 1.8x faster (measured on layer-sized products, 2 threads). So the first CPU projection
-times both libraries once for each of the three products on a layer-like shape and keeps the faster of each;
-:class:`_Projection` then runs a layer's forward and backward with those choices.
-``TORCHQRNN_CPU_GEMM=onednn|linear`` (or :func:`set_cpu_gemm`) forces one library for all three.
+On CPU PyTorch runs ``F.linear`` and its backward through MKL (float32) or its own oneDNN calls (bfloat16),
+while ``nn.LSTM`` itself calls oneDNN's matmul primitive. Neither path wins everywhere: on this project's AMD
+EPYC (Zen 4) machine oneDNN ran the float32 forward product ``Y = X W^T`` and the input gradient ``dX = dY W``
+about 1.3x faster than MKL, and MKL the weight gradient ``dW = dY^T X`` up to 1.8x faster (layer-sized
+products, 2 threads). So the first CPU projection of each dtype (float32, and bfloat16 where oneDNN has
+bfloat16 kernels) times both paths once for each of the three products on a layer-like shape and keeps the
+faster of each; :class:`_Projection` then runs a layer's forward and backward with those choices. Under
+``torch.autocast("cpu", dtype=torch.bfloat16)`` the projection casts its operands to bfloat16 (as autocast
+would for ``F.linear``) and takes the bfloat16 choices.
+
+The choice is reproducible where asked: ``TORCHQRNN_CPU_GEMM=onednn|linear`` (or :func:`set_cpu_gemm`)
+forces one path for all products, and under ``torch.use_deterministic_algorithms(True)`` an unset choice is
+``linear`` (``F.linear``, PyTorch's own path), made without timing, so that two processes compute the same
+bits. The probe draws its operands from a private generator: it never moves the global random stream.
 """
 
 from __future__ import annotations
@@ -29,13 +36,17 @@ _PRODUCTS = ("forward", "input_grad", "weight_grad")
 # oneDNN reorders a plain weight into its blocked layout on every call: below this many rows (T * B) that
 # costs more than the product saves (measured: 8 ms against MKL's 0.05 ms for one 320-unit step).
 ONEDNN_MIN_ROWS = 256
+# The dtypes the probe decides for; others (float64, float16: no oneDNN speed-up here) take F.linear.
+PROBED_DTYPES = (torch.float32, torch.bfloat16)
 _lock = threading.Lock()
 _setting: str | None = None  # set_cpu_gemm's choice; None: the environment's, else "auto"
-_probed: dict[str, str] | None = None  # the probe's verdict per product, once made
+_probed: dict[torch.dtype, dict[str, str]] = {}  # the probe's verdict per dtype and product, once made
 
 
-def _onednn_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+def _onednn_available(dtype: torch.dtype = torch.float32) -> bool:
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    return dtype != torch.bfloat16 or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _onednn(a: Tensor, b_t: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -95,13 +106,18 @@ def set_cpu_gemm(choice: str) -> None:
     _setting = choice
 
 
-def _probe() -> dict[str, str]:
-    """Time MKL and oneDNN side by side on each product of a layer-like shape; the faster of each.
+def _probe(dtype: torch.dtype) -> dict[str, str]:
+    """Time F.linear's path and oneDNN side by side on each product of a layer-like shape, in ``dtype``; the
+    faster of each.
 
-    1024 rows x 512 inputs x 1536 outputs: about 0.2 s in all, once per process.
+    1024 rows x 512 inputs x 1536 outputs: about 0.2 s in all, once per process and dtype. The operands come
+    from a private generator, so the user's random stream is untouched.
     """
-    x, weight, bias = torch.randn(1024, 512), torch.randn(1536, 512), torch.randn(1536)
-    grad = torch.randn(1024, 1536)
+    generator = torch.Generator().manual_seed(0)
+    x, weight, bias, grad = (
+        torch.randn(shape, generator=generator).to(dtype)
+        for shape in ((1024, 512), (1536, 512), 1536, (1024, 1536))
+    )
     runs = {
         "forward": {lib: (lambda f=f: f(x, weight, bias)) for lib, f in _FORWARD.items()},
         "input_grad": {lib: (lambda f=f: f(grad, weight)) for lib, f in _INPUT_GRAD.items()},
@@ -121,39 +137,54 @@ def _probe() -> dict[str, str]:
     return verdict
 
 
-def cpu_gemm() -> dict[str, str]:
-    """The library of each CPU product: the setting, else ``TORCHQRNN_CPU_GEMM``, else the probe's."""
-    global _probed
+def cpu_gemm(dtype: torch.dtype = torch.float32) -> dict[str, str]:
+    """The library of each CPU product in ``dtype``: the setting, else ``TORCHQRNN_CPU_GEMM``, else
+    ``linear`` under ``torch.use_deterministic_algorithms(True)``, else the probe's verdict."""
     choice = _setting or os.environ.get("TORCHQRNN_CPU_GEMM", "auto")
     if choice not in _CHOICES:
         raise ValueError(f"TORCHQRNN_CPU_GEMM: expected one of {_CHOICES}, got {choice!r}")
-    if not _onednn_available():
+    if dtype not in PROBED_DTYPES or not _onednn_available(dtype):
         choice = "linear"
+    elif choice == "auto" and torch.are_deterministic_algorithms_enabled():
+        choice = "linear"  # timing could choose differently in another process
     if choice != "auto":
         return dict.fromkeys(_PRODUCTS, choice)
-    with _lock:
-        if _probed is None:
-            with torch.no_grad():
-                _probed = _probe()
-        return _probed
+    verdict = _probed.get(dtype)
+    if verdict is None:
+        with _lock:
+            verdict = _probed.get(dtype)
+            if verdict is None:
+                with torch.no_grad():
+                    verdict = _probed[dtype] = _probe(dtype)
+    return verdict
 
 
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None, backend: str = "auto") -> Tensor:
     """``F.linear(input, weight, bias)``, its products through oneDNN on CPU where that is faster.
 
-    ``F.linear`` itself runs under autocast (which casts for it), while tracing (so the compiler sees the
-    plain op), for dtypes other than float32, for small products, on non-CPU backends, and wherever MKL won
-    all three products.
+    Under CPU autocast to bfloat16 the operands are cast as autocast would cast them for ``F.linear`` and the
+    bfloat16 choices apply. ``F.linear`` itself runs while tracing (so the compiler sees the plain op), for
+    dtypes the probe does not decide, for small products, on non-CPU backends, and wherever ``F.linear``'s
+    path won all three products.
     """
+    if input.numel() < ONEDNN_MIN_ROWS * input.shape[-1] or torch.compiler.is_compiling():
+        return F.linear(input, weight, bias)
+    dtype = input.dtype
+    autocast = torch.is_autocast_enabled(input.device.type)
+    if autocast:
+        dtype = torch.get_autocast_dtype(input.device.type)
+        if input.dtype != torch.float32 and input.dtype != dtype:  # autocast leaves float64 alone
+            return F.linear(input, weight, bias)
     if (
-        input.numel() >= ONEDNN_MIN_ROWS * input.shape[-1]
-        and input.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and not torch.compiler.is_compiling()
-        and not torch.is_autocast_enabled(input.device.type)
+        dtype in PROBED_DTYPES
+        and weight.dtype in (dtype, torch.float32 if autocast else dtype)
         and resolve_backend(backend, input.device) == "cpu"
     ):
-        choice = cpu_gemm()
+        choice = cpu_gemm(dtype)
         if "onednn" in choice.values():
-            return _Projection.apply(input, weight, bias, choice)
+            if not autocast:
+                return _Projection.apply(input, weight, bias, choice)
+            with torch.autocast(input.device.type, enabled=False):
+                cast = [None if t is None else t.to(dtype) for t in (input, weight, bias)]
+                return _Projection.apply(*cast, choice)
     return F.linear(input, weight, bias)

@@ -2,17 +2,31 @@
 
 Importing this module imports numba (the dispatcher does so only when a CPU kernel first runs); the kernels
 compile on their first call and are cached on disk (``cache=True``), so later processes load them. How
-operands are handed to numba (flat storage views plus a layout table) is described in ``ops/_cpu.py``.
+operands are handed to numba (flat storage views plus a layout table), and how bfloat16 / float16 are read and
+written in place (float32 arithmetic, rounded stores), is described in ``ops/_cpu.py``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import prange
 from torch import Tensor
 
-from .._cpu import compute_dtype, flat, layout_rows, schedule, state_array, unit_last_stride
+from .._cpu import (
+    as_numpy,
+    claim,
+    flat,
+    layout_rows,
+    load,
+    load_row,
+    run_jobs,
+    schedule,
+    scratch,
+    state_array,
+    store,
+    store_row,
+    unit_last_stride,
+)
 from .._numba_cache import njit
 
 # Rows of the layout table, one per operand.
@@ -25,16 +39,16 @@ def _forward_segment(f, x, out, h0, steps, n, layout, b, c0, has_h0):  # pragma:
     xo = layout[_X, 0] + b * layout[_X, 2] + c0
     oo = layout[_OUT, 0] + b * layout[_OUT, 2] + c0
     fs, xs, os_ = layout[_F, 1], layout[_X, 1], layout[_OUT, 1]
-    h = np.zeros(n, dtype=out.dtype)
+    h = scratch(n, out)
     if has_h0:
-        h[:] = h0[b, c0 : c0 + n]
+        load_row(h, h0[b, c0 : c0 + n], n)
     for _ in range(steps):
         f_row, x_row, out_row = f[fo : fo + n], x[xo : xo + n], out[oo : oo + n]
         for j in range(n):
             # h + f (x - h) == f x + (1 - f) h, without a float64 literal that would widen float32 math.
-            h_j = h[j] + f_row[j] * (x_row[j] - h[j])
+            h_j = h[j] + load(f_row[j]) * (load(x_row[j]) - h[j])
             h[j] = h_j
-            out_row[j] = h_j
+            store(out_row, j, h_j)
         fo += fs
         xo += xs
         oo += os_
@@ -43,10 +57,10 @@ def _forward_segment(f, x, out, h0, steps, n, layout, b, c0, has_h0):  # pragma:
 @njit(cache=True, nogil=True, boundscheck=False)
 def _backward_step(f_row, x_row, h_prev, dout_row, df_row, dx_row, carry, n):  # pragma: no cover - numba
     for j in range(n):
-        g = dout_row[j] + carry[j]  # g_t = dh_t + (1 - f_{t+1}) g_{t+1}
-        f_j = f_row[j]
-        dx_row[j] = f_j * g
-        df_row[j] = (x_row[j] - h_prev[j]) * g
+        g = load(dout_row[j]) + carry[j]  # g_t = dh_t + (1 - f_{t+1}) g_{t+1}
+        f_j = load(f_row[j])
+        store(dx_row, j, f_j * g)
+        store(df_row, j, (load(x_row[j]) - load(h_prev[j])) * g)
         carry[j] = g - f_j * g
 
 
@@ -63,7 +77,7 @@ def _backward_segment(
     dxo = layout[_DX, 0] + b * layout[_DX, 2] + c0
     fs, xs, os_ = layout[_F, 1], layout[_X, 1], layout[_OUT, 1]
     gs, dfs, dxs = layout[_DOUT, 1], layout[_DF, 1], layout[_DX, 1]
-    carry = np.zeros(n, dtype=df.dtype)
+    carry = scratch(n, df)
     for _ in range(steps - 1):
         _backward_step(
             f[fo : fo + n],
@@ -93,41 +107,34 @@ def _backward_segment(
         carry,
         n,
     )
-    dh0[b, c0 : c0 + n] = carry
+    store_row(dh0[b, c0 : c0 + n], carry, n)
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _forward_parallel(f, x, out, h0, steps, batch, hidden, chunk, layout, has_h0):  # pragma: no cover
+@njit(cache=True, nogil=True, boundscheck=False)
+def _forward_jobs(f, x, out, h0, steps, batch, hidden, chunk, layout, has_h0, counter):  # pragma: no cover
+    # one job: a (batch, column chunk) segment over all steps; claimed one at a time (see run_jobs)
     per_batch = (hidden + chunk - 1) // chunk
-    for job in prange(batch * per_batch):
+    while True:
+        job = claim(counter)
+        if job >= batch * per_batch:
+            return
         b, c0 = job // per_batch, (job % per_batch) * chunk
         _forward_segment(f, x, out, h0, steps, min(chunk, hidden - c0), layout, b, c0, has_h0)
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def _forward_serial(f, x, out, h0, steps, batch, hidden, chunk, layout, has_h0):  # pragma: no cover
-    for b in range(batch):
-        _forward_segment(f, x, out, h0, steps, hidden, layout, b, 0, has_h0)
-
-
-@njit(cache=True, parallel=True, boundscheck=False)
-def _backward_parallel(
-    f, x, out, h0, dout, df, dx, dh0, steps, batch, hidden, chunk, layout, has_h0
+def _backward_jobs(
+    f, x, out, h0, dout, df, dx, dh0, steps, batch, hidden, chunk, layout, has_h0, counter
 ):  # pragma: no cover
     per_batch = (hidden + chunk - 1) // chunk
-    for job in prange(batch * per_batch):
+    while True:
+        job = claim(counter)
+        if job >= batch * per_batch:
+            return
         b, c0 = job // per_batch, (job % per_batch) * chunk
         _backward_segment(
             f, x, out, h0, dout, df, dx, dh0, steps, min(chunk, hidden - c0), layout, b, c0, has_h0
         )
-
-
-@njit(cache=True, nogil=True, boundscheck=False)
-def _backward_serial(
-    f, x, out, h0, dout, df, dx, dh0, steps, batch, hidden, chunk, layout, has_h0
-):  # pragma: no cover
-    for b in range(batch):
-        _backward_segment(f, x, out, h0, dout, df, dx, dh0, steps, hidden, layout, b, 0, has_h0)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -148,14 +155,13 @@ def _flatten_batch(operands: list[Tensor], h0: Tensor | None) -> tuple[list[Tens
 def forward(f: Tensor, x: Tensor, h0: Tensor | None, out: Tensor, reverse: bool) -> None:
     """Write the ForgetMult of ``(T, B, H)`` views ``f``, ``x`` into ``out`` (same shape, any strides)."""
     steps = x.shape[0]
-    dtype = compute_dtype(x.dtype)
+    dtype = x.dtype  # every float dtype runs in place (half types through their storage)
     target = out if out.dtype == dtype and out.stride(-1) == 1 else torch.empty(out.shape, dtype=dtype)
     operands = [unit_last_stride(f, dtype), unit_last_stride(x, dtype), target]
     operands, state = _flatten_batch(operands, h0)
     _, batch_k, hidden_k = operands[0].shape
-    parallel, chunk = schedule(steps, batch_k, hidden_k)
-    kernel = _forward_parallel if parallel else _forward_serial
-    kernel(
+    threads, chunk = schedule(steps, batch_k, hidden_k)
+    args = (
         *(flat(t) for t in operands),
         state_array(state, dtype),
         steps,
@@ -165,6 +171,7 @@ def forward(f: Tensor, x: Tensor, h0: Tensor | None, out: Tensor, reverse: bool)
         layout_rows(operands, steps, walk_backwards=reverse),
         state is not None,
     )
+    run_jobs(_forward_jobs, args, threads)
     if target is not out:
         out.copy_(target)
 
@@ -185,7 +192,7 @@ def backward(
     ``out`` is the forward result and ``dout`` the incoming gradient, both of any strides (stride 0 too).
     """
     steps = x.shape[0]
-    dtype = compute_dtype(x.dtype)
+    dtype = x.dtype  # every float dtype runs in place (half types through their storage)
     targets = [
         t if t.dtype == dtype and t.stride(-1) == 1 else torch.empty(t.shape, dtype=dtype)
         for t in (df, dx, dh0)
@@ -203,9 +210,8 @@ def backward(
     operands, state = _flatten_batch(operands, h0)
     grad_state = targets[2].view(operands[0].shape[1], operands[0].shape[2])
     _, batch_k, hidden_k = operands[0].shape
-    parallel, chunk = schedule(steps, batch_k, hidden_k)
-    kernel = _backward_parallel if parallel else _backward_serial
-    kernel(
+    threads, chunk = schedule(steps, batch_k, hidden_k)
+    args = (
         flat(operands[_F]),
         flat(operands[_X]),
         flat(operands[_OUT]),
@@ -213,7 +219,7 @@ def backward(
         flat(operands[_DOUT]),
         flat(operands[_DF]),
         flat(operands[_DX]),
-        grad_state.numpy(),
+        as_numpy(grad_state),
         steps,
         batch_k,
         hidden_k,
@@ -221,6 +227,7 @@ def backward(
         layout_rows(operands, steps, walk_backwards=not reverse),
         state is not None,
     )
+    run_jobs(_backward_jobs, args, threads)
     for result, target in zip((df, dx, dh0), targets, strict=True):
         if target is not result:
             result.copy_(target)

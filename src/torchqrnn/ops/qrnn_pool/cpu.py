@@ -13,17 +13,24 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import prange
 from torch import Tensor
 
 from .._cpu import (
     NO_STATE,
-    compute_dtype,
+    as_numpy,
+    claim,
+    compute_scalar,
     flat,
     layout_rows,
+    load,
+    load_row,
+    run_jobs,
     schedule,
+    scratch,
     sigmoid,
     state_array,
+    store,
+    store_row,
     tanh,
     unit_last_stride,
 )
@@ -52,16 +59,16 @@ def _valid_range(lengths, b, steps, has_lengths, reverse):  # pragma: no cover -
 def _forward_row(z_in, f_in, o_in, i_in, keep, c, out_row, cell_row, n, scale, one, output_gate, input_gate):
     # pragma: no cover - numba
     for j in range(n):
-        z = tanh(z_in[j])
-        f = sigmoid(f_in[j]) * (scale * keep[j])
-        i = sigmoid(i_in[j]) if input_gate else f
+        z = tanh(load(z_in[j]))
+        f = sigmoid(load(f_in[j])) * (scale * keep[j])
+        i = sigmoid(load(i_in[j])) if input_gate else f
         c_j = i * z + (one - f) * c[j]
         c[j] = c_j
         if output_gate:
-            cell_row[j] = c_j
-            out_row[j] = sigmoid(o_in[j]) * c_j
+            store(cell_row, j, c_j)
+            store(out_row, j, sigmoid(load(o_in[j])) * c_j)
         else:
-            out_row[j] = c_j
+            store(out_row, j, c_j)
 
 
 @njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH)
@@ -77,9 +84,9 @@ def _forward_segment(
     z_col, f_col = 0, hidden
     o_col = 2 * hidden if output_gate else f_col
     i_col = (3 if output_gate else 2) * hidden if input_gate else f_col
-    c = np.zeros(n, dtype=out.dtype)
+    c = scratch(n, out)
     if has_h0:
-        c[:] = h0[b, c0 : c0 + n]
+        load_row(c, h0[b, c0 : c0 + n], n)
     # Rows a pooling kind does not use point at scratch: LLVM's runtime alias checks would otherwise see
     # overlapping rows (cells is out without an output gate) and fall back to scalar code.
     unused = np.empty(n, dtype=out.dtype)
@@ -111,7 +118,7 @@ def _forward_segment(
         mo += ms
         oo += os_
         co += cs
-    hn[b, c0 : c0 + n] = c
+    store_row(hn[b, c0 : c0 + n], c, n)
 
 
 @njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH)
@@ -120,25 +127,25 @@ def _backward_row(
 ):  # pragma: no cover - numba
     output_gate, input_gate = flags[0], flags[1]
     for j in range(n):
-        z = tanh(z_in[j])
-        s_f = sigmoid(f_in[j])
+        z = tanh(load(z_in[j]))
+        s_f = sigmoid(load(f_in[j]))
         k = scale * keep[j]
         f = s_f * k
-        i = sigmoid(i_in[j]) if input_gate else f
-        c_t, c_prev, dh = cell_row[j], prev_row[j], dout_row[j]
+        i = sigmoid(load(i_in[j])) if input_gate else f
+        c_t, c_prev, dh = load(cell_row[j]), load(prev_row[j]), load(dout_row[j])
         if output_gate:
-            o = sigmoid(o_in[j])
+            o = sigmoid(load(o_in[j]))
             dc = carry[j] + dh * o
-            do[j] = dh * c_t * o * (one - o)
+            store(do, j, dh * c_t * o * (one - o))
         else:
             dc = carry[j] + dh
-        dz[j] = dc * i * (one - z * z)
+        store(dz, j, dc * i * (one - z * z))
         if input_gate:
-            di[j] = dc * z * i * (one - i)
+            store(di, j, dc * z * i * (one - i))
             d_f = -dc * c_prev
         else:
             d_f = dc * (z - c_prev)  # i is f: d(f z + (1 - f) c_prev) / df
-        df[j] = d_f * k * s_f * (one - s_f)
+        store(df, j, d_f * k * s_f * (one - s_f))
         carry[j] = dc - f * dc
 
 
@@ -160,9 +167,9 @@ def _backward_segment(
     z_col, f_col = 0, hidden
     o_col = 2 * hidden if output_gate else f_col
     i_col = (3 if output_gate else 2) * hidden if input_gate else f_col
-    carry = np.zeros(n, dtype=dgates.dtype)
+    carry = scratch(n, dgates)
     if has_dhn:
-        carry[:] = dhn[b, c0 : c0 + n]
+        load_row(carry, dhn[b, c0 : c0 + n], n)
     first = np.zeros(n, dtype=dgates.dtype)  # the state before the first real step: h0 or zeros
     if has_h0:
         first[:] = h0[b, c0 : c0 + n]
@@ -198,15 +205,19 @@ def _backward_segment(
         co += cs
         do_ += dos
         dgo += dgs
-    dh0[b, c0 : c0 + n] = carry
+    store_row(dh0[b, c0 : c0 + n], carry, n)
 
 
-@njit(cache=True, parallel=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH)
-def _forward_parallel(
-    gates, mask, out, cells, h0, hn, lengths, steps, batch, hidden, chunk, layout, scale, one, flags
+@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH)
+def _forward_jobs(
+    gates, mask, out, cells, h0, hn, lengths, steps, batch, hidden, chunk, layout, scale, one, flags, counter
 ):  # pragma: no cover - numba
+    # one job: a (batch, column chunk) segment over all steps; claimed one at a time (see run_jobs)
     per_batch = (hidden + chunk - 1) // chunk
-    for job in prange(batch * per_batch):
+    while True:
+        job = claim(counter)
+        if job >= batch * per_batch:
+            return
         b, c0 = job // per_batch, (job % per_batch) * chunk
         n = min(chunk, hidden - c0)
         _forward_segment(
@@ -215,38 +226,19 @@ def _forward_parallel(
 
 
 @njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH)
-def _forward_serial(
-    gates, mask, out, cells, h0, hn, lengths, steps, batch, hidden, chunk, layout, scale, one, flags
-):  # pragma: no cover - numba
-    for b in range(batch):
-        _forward_segment(
-            gates, mask, out, cells, h0, hn, lengths, steps, hidden, hidden, layout, b, 0, scale, one, flags
-        )
-
-
-@njit(cache=True, parallel=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH)
-def _backward_parallel(
+def _backward_jobs(
     gates, mask, out, cells, h0, dhn, dout, dgates, dh0, lengths, steps, batch, hidden, chunk, layout, scale,
-    one, flags, has_dhn,
+    one, flags, has_dhn, counter,
 ):  # pragma: no cover - numba  # fmt: skip
     per_batch = (hidden + chunk - 1) // chunk
-    for job in prange(batch * per_batch):
+    while True:
+        job = claim(counter)
+        if job >= batch * per_batch:
+            return
         b, c0 = job // per_batch, (job % per_batch) * chunk
         n = min(chunk, hidden - c0)
         _backward_segment(
             gates, mask, out, cells, h0, dhn, dout, dgates, dh0, lengths, steps, hidden, n, layout, b, c0,
-            scale, one, flags, has_dhn,
-        )  # fmt: skip
-
-
-@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH)
-def _backward_serial(
-    gates, mask, out, cells, h0, dhn, dout, dgates, dh0, lengths, steps, batch, hidden, chunk, layout, scale,
-    one, flags, has_dhn,
-):  # pragma: no cover - numba  # fmt: skip
-    for b in range(batch):
-        _backward_segment(
-            gates, mask, out, cells, h0, dhn, dout, dgates, dh0, lengths, steps, hidden, hidden, layout, b, 0,
             scale, one, flags, has_dhn,
         )  # fmt: skip
 
@@ -260,13 +252,15 @@ def _single_step(gates, h0, out, cells, hn, hidden, scale, one, output_gate, inp
     i_col = width - hidden if input_gate else hidden
     for b in range(gates.shape[0]):
         row = gates[b]
-        c = h0[b].copy() if has_h0 else np.zeros(hidden, dtype=out.dtype)
+        c = scratch(hidden, out)
+        if has_h0:
+            load_row(c, h0[b], hidden)
         ones = np.ones(hidden, dtype=np.uint8)
         _forward_row(
             row[:hidden], row[hidden : 2 * hidden], row[o_col : o_col + hidden], row[i_col : i_col + hidden],
             ones, c, out[b], cells[b] if output_gate else hn[b], hidden, scale, one, output_gate, input_gate,
         )  # fmt: skip
-        hn[b] = c
+        store_row(hn[b], c, hidden)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -286,17 +280,20 @@ def _lengths_array(lengths: Tensor | None) -> np.ndarray:
     return _NO_LENGTHS if lengths is None else lengths.detach().to("cpu", torch.int64).contiguous().numpy()
 
 
-_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
-
-
-def _streaming_step(gates: Tensor, h0: Tensor | None, out: Tensor, cells: Tensor, hn: Tensor, dtype) -> bool:
-    """Whether one step can skip the layout machinery: everything contiguous and in the kernel's dtype.
+def _streaming_step(gates: Tensor, h0: Tensor | None, out: Tensor, cells: Tensor, hn: Tensor) -> bool:
+    """Whether one step can skip the layout machinery: everything contiguous and of the gates' dtype.
 
     A call with T = 1 (streaming, batch 1) does so little arithmetic that the generic launcher's tensor
     views and tables would cost several times the step itself.
     """
+    dtype = gates.dtype
     operands = (gates, out, hn, cells, h0)
     return all(t is None or (t.dtype == dtype and t.is_contiguous()) for t in operands)
+
+
+def _numpy(t: Tensor) -> np.ndarray:
+    """The cheapest numpy view of a tensor that does not require grad (a streaming step's operands)."""
+    return t.numpy() if t.dtype in (torch.float32, torch.float64) else as_numpy(t)
 
 
 def forward(
@@ -315,16 +312,17 @@ def forward(
     """Write the pooled ``out`` (T, B, H), the final state ``hn`` (B, H) and, with an output gate only, the
     ``cells`` (T, B, H) that the backward pass reads (without one, ``out`` is the cell state)."""
     steps, batch, hidden = out.shape
-    dtype = compute_dtype(gates.dtype)
-    if steps == 1 and mask is None and lengths is None and _streaming_step(gates, h0, out, cells, hn, dtype):
-        step_out = out.numpy()[0]
+    dtype = gates.dtype  # every float dtype runs in place (half types through their storage)
+    scale_k, one = compute_scalar(dtype, scale), compute_scalar(dtype, 1)
+    if steps == 1 and mask is None and lengths is None and _streaming_step(gates, h0, out, cells, hn):
+        step_out = _numpy(out)[0]
         _single_step(
-            gates.numpy()[0], NO_STATE[dtype] if h0 is None else h0.numpy(), step_out,
-            cells.numpy()[0] if output_gate else step_out, hn.numpy(), hidden, _NP_DTYPES[dtype](scale),
-            _NP_DTYPES[dtype](1), output_gate, input_gate, h0 is not None,
+            _numpy(gates)[0], NO_STATE[dtype] if h0 is None else _numpy(h0), step_out,
+            _numpy(cells)[0] if output_gate else step_out, _numpy(hn), hidden, scale_k, one, output_gate,
+            input_gate, h0 is not None,
         )  # fmt: skip
         return
-    # Write straight into the results when they suit the kernel, else into float buffers copied back after.
+    # Write straight into the results when they suit the kernel, else into buffers copied back after.
     out_k = out if out.dtype == dtype and out.stride(-1) == 1 else torch.empty(out.shape, dtype=dtype)
     cells_k = out_k  # without an output gate the output is the cell state
     if output_gate:
@@ -333,23 +331,22 @@ def forward(
         )
     hn_k = hn if hn.dtype == dtype and hn.is_contiguous() else torch.empty(hn.shape, dtype=dtype)
     operands = [unit_last_stride(gates, dtype), _keep_operand(mask, steps, batch, hidden), out_k, cells_k]
-    parallel, chunk = schedule(steps, batch, hidden)
-    kernel = _forward_parallel if parallel else _forward_serial
-    np_dtype = np.float32 if dtype == torch.float32 else np.float64
-    kernel(
+    threads, chunk = schedule(steps, batch, hidden)
+    args = (
         *(flat(t) for t in operands),
         state_array(h0, dtype),
-        hn_k.numpy(),
+        as_numpy(hn_k),
         _lengths_array(lengths),
         steps,
         batch,
         hidden,
         chunk,
         layout_rows(operands, steps, walk_backwards=reverse),
-        np_dtype(scale),
-        np_dtype(1),
+        scale_k,
+        one,
         (output_gate, input_gate, h0 is not None, lengths is not None, reverse),
     )
+    run_jobs(_forward_jobs, args, threads)
     for result, computed in ((out, out_k), (cells, cells_k), (hn, hn_k)):
         if computed is not result and (output_gate or result is not cells):
             result.copy_(computed)
@@ -376,7 +373,7 @@ def backward(
     the gradient of the output (any strides, stride 0 too) and ``dhn`` that of the final state, or None.
     """
     steps, batch, hidden = cells.shape
-    dtype = compute_dtype(gates.dtype)
+    dtype = gates.dtype
     dgates_target = (
         dgates if dgates.dtype == dtype and dgates.stride(-1) == 1 else torch.empty(dgates.shape, dtype=dtype)
     )
@@ -390,27 +387,26 @@ def backward(
         unit_last_stride(dout, dtype),
         dgates_target,
     ]
-    parallel, chunk = schedule(steps, batch, hidden)
-    kernel = _backward_parallel if parallel else _backward_serial
-    np_dtype = np.float32 if dtype == torch.float32 else np.float64
-    kernel(
+    threads, chunk = schedule(steps, batch, hidden)
+    args = (
         *(flat(t) for t in operands[:4]),
         state_array(h0, dtype),
         state_array(dhn, dtype),
         flat(operands[_DOUT]),
         flat(operands[_DGATES]),
-        dh0_target.numpy(),
+        as_numpy(dh0_target),
         _lengths_array(lengths),
         steps,
         batch,
         hidden,
         chunk,
         layout_rows(operands, steps, walk_backwards=not reverse),
-        np_dtype(scale),
-        np_dtype(1),
+        compute_scalar(dtype, scale),
+        compute_scalar(dtype, 1),
         (output_gate, input_gate, h0 is not None, lengths is not None, reverse),
         dhn is not None,
     )
+    run_jobs(_backward_jobs, args, threads)
     if dgates_target is not dgates:
         dgates.copy_(dgates_target)
     if dh0_target is not dh0:

@@ -4,9 +4,11 @@ A streaming call (T = 1, batch 1) is a matrix-vector product and a few hundred e
 through ``F.linear`` and the pooling kernel it costs several times the product (dispatch, allocation,
 conversions). Here each thread takes a block of hidden units and computes, for every batch row, the dot
 products of its ``Z``, ``F`` (``O``, ``I``) weight rows with the window, then the gates and the new state.
-Split by units, each core's share of the weights stays in its own L2 cache from one step to the next: a
-320-unit layer's 1.2 MB are 0.6 MB per core on two cores (measured: 12 us a step, against 35 us for MKL's
-matrix-vector product alone).
+A batch-1 step runs on the calling thread: a 320-unit layer's step is 300 k multiply-adds, far below what
+pays for waking another thread, and on a busy machine a woken thread that is not scheduled held the step
+for milliseconds (measured with two busy processes on the two cores: p99 of 88 ms with two threads against
+44 ms on one, which is also ``nn.LSTMCell``'s; median 123 us against 61 us). Larger batches split the units
+into jobs that threads claim one at a time (``run_jobs`` in ``ops/_cpu.py``).
 """
 
 from __future__ import annotations
@@ -15,17 +17,16 @@ import weakref
 
 import numpy as np
 import torch
-from numba import prange
 from torch import Tensor
 
-from .._cpu import MAX_THREADS, NO_STATE, sigmoid, tanh, use_threads
+from .._cpu import JOBS_PER_THREAD, NO_STATE, claim, run_jobs, sigmoid, tanh
 from .._numba_cache import njit
 
 # Dots may be reassociated (vectorised sums): a step's rounding differs from F.linear's by a few ulps.
 _FASTMATH = {"arcp", "contract", "reassoc"}
 _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
-# Below this many weights (256 KB of float32) one core's cache holds them all and a thread launch costs more.
-_PARALLEL_MIN_WEIGHTS = 1 << 16
+# Below this many multiply-adds (batch x weights: about 200 us of work) a step stays on the calling thread.
+_PARALLEL_MIN_MACS = 1 << 22
 
 
 @njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH, inline="always")
@@ -64,17 +65,15 @@ def _units(weight, bias, source, h0, out, hn, u0, u1, hidden, scale, one, flags)
             out[b, u] = sigmoid(a_o) * c if output_gate else c
 
 
-@njit(cache=True, parallel=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH)
-def _step_parallel(weight, bias, source, h0, out, hn, hidden, jobs, scale, one, flags):  # pragma: no cover
-    per_job = (hidden + jobs - 1) // jobs
-    for job in prange(jobs):
-        _units(weight, bias, source, h0, out, hn, job * per_job, min(hidden, (job + 1) * per_job), hidden,
-               scale, one, flags)  # fmt: skip
-
-
 @njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH)
-def _step_serial(weight, bias, source, h0, out, hn, hidden, jobs, scale, one, flags):  # pragma: no cover
-    _units(weight, bias, source, h0, out, hn, 0, hidden, hidden, scale, one, flags)
+def _step_jobs(weight, bias, source, h0, out, hn, hidden, per_job, scale, one, flags, counter):
+    # pragma: no cover - numba
+    """Blocks of ``per_job`` units, claimed one at a time (one block of all units on a single thread)."""
+    while True:
+        u0 = claim(counter) * per_job
+        if u0 >= hidden:
+            return
+        _units(weight, bias, source, h0, out, hn, u0, min(hidden, u0 + per_job), hidden, scale, one, flags)
 
 
 # id(parameter) -> (its data pointer, a numpy view); an entry leaves with its parameter (weakref.finalize).
@@ -115,15 +114,13 @@ def step(
     streaming step's scale each conversion is a measurable share of the step.
     """
     hidden = output_shape[-1]
-    threads = min(torch.get_num_threads(), MAX_THREADS)
-    # Threads pay off once the weights outgrow one core's cache and each thread has units to work on.
-    parallel = threads > 1 and weight.numel() >= _PARALLEL_MIN_WEIGHTS and hidden >= 2 * threads
-    if parallel:
-        use_threads(threads)
-    kernel = _step_parallel if parallel else _step_serial
+    threads = torch.get_num_threads()
+    if threads > 1 and source.shape[0] * weight.numel() < _PARALLEL_MIN_MACS:
+        threads = 1
+    per_job = hidden if threads == 1 else -(-hidden // (JOBS_PER_THREAD * threads))
     np_dtype = _NP_DTYPES[source.dtype]
     out, hn = np.empty(output_shape, np_dtype), np.empty(state_shape, np_dtype)
-    kernel(
+    args = (
         _weight_view(weight),
         _weight_view(bias),
         source.numpy().reshape(-1, weight.shape[1]),
@@ -131,9 +128,10 @@ def step(
         out.reshape(-1, hidden),
         hn.reshape(-1, hidden),
         hidden,
-        threads,
+        per_job,
         np_dtype(forget_scale),
         np_dtype(1),
         (output_gate, input_gate, h0 is not None),
     )
+    run_jobs(_step_jobs, args, threads)
     return torch.from_numpy(out), torch.from_numpy(hn)
