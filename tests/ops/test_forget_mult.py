@@ -297,7 +297,9 @@ def test_missing_numba_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> 
     from torchqrnn.ops import _dispatch
 
     monkeypatch.setitem(sys.modules, "numba", None)
-    monkeypatch.delitem(sys.modules, "torchqrnn.ops.forget_mult.cpu", raising=False)
+    # the kernel module and the shared modules it imports numba through, as in a process that has none
+    for module in ("torchqrnn.ops.forget_mult.cpu", "torchqrnn.ops._cpu", "torchqrnn.ops._numba_cache"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
     monkeypatch.setattr(_dispatch, "_kernel_modules", {})
     f, x, _ = make_inputs(3, 1, 2, requires_grad=False)
     with pytest.raises(ImportError, match="pip install numba"):
