@@ -55,7 +55,7 @@ from torchqrnn.ops.forget_mult import cpu
 assert torchqrnn.__file__.startswith(os.environ["SITE"]), torchqrnn.__file__
 f, x = torch.rand(7, 2, 5), torch.randn(7, 2, 5)
 torch.testing.assert_close(torchqrnn.forget_mult(f, x), torchqrnn.forget_mult(f, x, backend="reference"))
-stats = cpu._forward_serial.stats
+stats = cpu._forward_jobs.stats  # the entry point of a forward call (run_jobs, one thread here)
 print(cache_dir(), stats.cache_path, sum(stats.cache_hits.values()), sep="\t")
 """
 
