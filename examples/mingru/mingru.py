@@ -221,7 +221,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         step += 1
         if step % args.log_interval == 0:
             recent = sum(losses[-args.log_interval :]) / args.log_interval
-            print(f"step {step:5d}  {time.perf_counter() - start:6.1f} s  train {recent:.3f} bpc", flush=True)
+            elapsed = time.perf_counter() - start
+            rate = step * args.bptt * args.batch_size / elapsed
+            print(
+                f"step {step:5d}  {elapsed:6.1f} s  {rate:7.0f} chars/s  train {recent:.3f} bpc", flush=True
+            )
     seconds = time.perf_counter() - start
     limit = args.eval_chars
     print("evaluating on valid and test ...", flush=True)
@@ -391,6 +395,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--log-interval", type=int, default=50, help="steps between progress lines (default: %(default)s)"
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own setting)")
     p = commands.add_parser("speed", help="time forget_mult, the log-space scan and a loop, interleaved")
     p.add_argument(
         "--shapes",
@@ -420,6 +425,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)  # numba's kernels follow torch's setting
     summary = {"train": train, "speed": speed, "grads": grads}[args.command](args)
     print(json.dumps(summary))
     return summary
