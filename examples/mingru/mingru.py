@@ -410,6 +410,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--min-seconds", type=float, default=0.05, help="least time per sample (default: %(default)s)"
     )
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own setting)")
     p = commands.add_parser("grads", help="gradient errors of forget_mult and the log-space scan by length")
     p.add_argument(
         "--lengths",
