@@ -367,7 +367,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("train", help="train a minGRU character model on pennchar, report bits per char")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's own setting)"
+    )
+    p = commands.add_parser(
+        "train", help="train a minGRU character model on pennchar, report bits per char", parents=[common]
+    )
     p.add_argument(
         "--data", default=str(PENNCHAR), help="folder with train/valid/test.txt (default: %(default)s)"
     )
@@ -395,8 +401,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--log-interval", type=int, default=50, help="steps between progress lines (default: %(default)s)"
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own setting)")
-    p = commands.add_parser("speed", help="time forget_mult, the log-space scan and a loop, interleaved")
+    p = commands.add_parser(
+        "speed", help="time forget_mult, the log-space scan and a loop, interleaved", parents=[common]
+    )
     p.add_argument(
         "--shapes",
         type=shape,
@@ -410,8 +417,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--min-seconds", type=float, default=0.05, help="least time per sample (default: %(default)s)"
     )
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own setting)")
-    p = commands.add_parser("grads", help="gradient errors of forget_mult and the log-space scan by length")
+    p = commands.add_parser(
+        "grads", help="gradient errors of forget_mult and the log-space scan by length", parents=[common]
+    )
     p.add_argument(
         "--lengths",
         type=int,
@@ -426,7 +434,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if getattr(args, "threads", None):
+    if args.threads:
         torch.set_num_threads(args.threads)  # numba's kernels follow torch's setting
     summary = {"train": train, "speed": speed, "grads": grads}[args.command](args)
     print(json.dumps(summary))
