@@ -431,7 +431,7 @@ class QRNNLayer(nn.Module):
             )
         if hidden.device != x.device:
             raise RuntimeError(f"QRNNLayer: expected hidden on {x.device} (the input's), got {hidden.device}")
-        return hidden.reshape(batch, size)
+        return hidden if hidden.dim() == 2 else hidden.reshape(batch, size)  # (a view op costs a microsecond)
 
     def _check_context(
         self, context: Tensor | None, x: Tensor, batch_first: bool, unbatched: bool = False
