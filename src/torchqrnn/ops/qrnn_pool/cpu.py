@@ -6,7 +6,10 @@ them) and writes the gradient of the gates in one pass, walking time the other w
 numba as described in ``ops/_cpu.py``. Arithmetic avoids Python number literals: in numba ``1 - x`` with a
 float32 ``x`` is float64, which would halve the vector width; ``one`` is passed in the kernel's dtype.
 ``error_model="numpy"`` drops numba's division-by-zero check, whose branch kept the rational ``tanh`` (a
-division) from vectorising.
+division) from vectorising. No fast-math flags: with them LLVM may fuse or approximate differently in a
+loop's vector body and its remainder, and in a kernel compiled in the process and the same kernel loaded
+from numba's cache (seen: bits of the float32 results changed with the cache's state). Every result is
+fixed by the source alone; the activations fuse their multiply-adds explicitly (``fma`` in ``_cpu.py``).
 """
 
 from __future__ import annotations
@@ -36,17 +39,11 @@ from .._cpu import (
 )
 from .._numba_cache import njit
 
-# LLVM may contract multiply-adds into FMAs and divide through a reciprocal (refined by a Newton step): the
-# three activations' divisions dominate the forward pass, which this makes about 1.3x faster, and the
-# activations come out slightly more accurate (tanh max abs error 2.7e-7 instead of 3.9e-7, measured).
-# No reassociation: sums keep their order.
-_FASTMATH = {"arcp", "contract"}
-
 # Rows of the layout table, one per operand.
 _GATES, _MASK, _OUT, _CELLS, _DOUT, _DGATES = range(6)
 
 
-@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH, inline="always")
+@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", inline="always")
 def _valid_range(lengths, b, steps, has_lengths, reverse):  # pragma: no cover - numba
     """Processed rows [start, stop) that are real steps of sequence ``b`` (the rest is padding)."""
     if not has_lengths:
@@ -55,7 +52,7 @@ def _valid_range(lengths, b, steps, has_lengths, reverse):  # pragma: no cover -
     return (steps - length, steps) if reverse else (0, length)
 
 
-@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
 def _forward_row(z_in, f_in, o_in, i_in, keep, c, out_row, cell_row, n, scale, one, output_gate, input_gate):
     # pragma: no cover - numba
     for j in range(n):
@@ -71,7 +68,7 @@ def _forward_row(z_in, f_in, o_in, i_in, keep, c, out_row, cell_row, n, scale, o
             store(out_row, j, c_j)
 
 
-@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
 def _forward_segment(
     gates, mask, out, cells, h0, hn, lengths, steps, hidden, n, layout, b, c0, scale, one, flags
 ):  # pragma: no cover - numba
@@ -121,7 +118,7 @@ def _forward_segment(
     store_row(hn[b, c0 : c0 + n], c, n)
 
 
-@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
 def _backward_row(
     z_in, f_in, o_in, i_in, keep, cell_row, prev_row, dout_row, dz, df, do, di, carry, n, scale, one, flags
 ):  # pragma: no cover - numba
@@ -149,7 +146,7 @@ def _backward_row(
         carry[j] = dc - f * dc
 
 
-@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
 def _backward_segment(
     gates, mask, out, cells, h0, dhn, dout, dgates, dh0, lengths, steps, hidden, n, layout, b, c0, scale, one,
     flags, has_dhn,
@@ -208,7 +205,7 @@ def _backward_segment(
     store_row(dh0[b, c0 : c0 + n], carry, n)
 
 
-@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
 def _forward_jobs(
     gates, mask, out, cells, h0, hn, lengths, steps, batch, hidden, chunk, layout, scale, one, flags, counter
 ):  # pragma: no cover - numba
@@ -225,7 +222,7 @@ def _forward_jobs(
         )
 
 
-@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
 def _backward_jobs(
     gates, mask, out, cells, h0, dhn, dout, dgates, dh0, lengths, steps, batch, hidden, chunk, layout, scale,
     one, flags, has_dhn, counter,
@@ -243,7 +240,7 @@ def _backward_jobs(
         )  # fmt: skip
 
 
-@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
 def _single_step(gates, h0, out, cells, hn, hidden, scale, one, output_gate, input_gate, has_h0):
     # pragma: no cover - numba
     """One time step of contiguous (B, G*H) gates: the streaming case, without the layout machinery."""
