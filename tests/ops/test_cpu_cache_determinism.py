@@ -51,10 +51,10 @@ _RUN = textwrap.dedent(
         h = torch.empty(steps, batch, hidden, dtype=dtype)
         forget_mult_cpu.forward(f, x, None, h, False)
         results[f"forget_mult {name}"] = [h]
-    for batch in (1, 3):
-        source, weight = torch.randn(batch, 53), torch.randn(3 * 37, 53) / 53**0.5
-        bias, state = torch.randn(3 * 37), torch.randn(batch, 37)
-        results[f"step {batch}"] = list(qrnn_step(source, weight, bias, state))
+    for batch, size, hidden in ((1, 53, 37), (3, 53, 37), (1, 320, 320)):
+        source, weight = torch.randn(batch, size), torch.randn(3 * hidden, size) / size**0.5
+        bias, state = torch.randn(3 * hidden), torch.randn(batch, hidden)
+        results[f"step {batch} {size} {hidden}"] = list(qrnn_step(source, weight, bias, state))
     kernels = [pool_cpu._forward_jobs, pool_cpu._backward_jobs, forget_mult_cpu._forward_jobs]
     kernels.append(step_cpu._step_jobs)
     hits = sum(sum(k.stats.cache_hits.values()) for k in kernels)

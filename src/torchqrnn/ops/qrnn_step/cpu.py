@@ -22,8 +22,11 @@ from torch import Tensor
 from .._cpu import JOBS_PER_THREAD, NO_STATE, claim, run_jobs, sigmoid, tanh
 from .._numba_cache import njit
 
-# Dots may be reassociated (vectorised sums): a step's rounding differs from F.linear's by a few ulps.
-_FASTMATH = {"arcp", "contract", "reassoc"}
+# Dots may be reassociated (vectorised sums): a step's rounding differs from F.linear's by a few ulps. No
+# ``contract`` (nor ``arcp``): LLVM fused multiply-adds differently in a kernel compiled in the process and
+# the same kernel loaded from the cache (see ``ops/qrnn_pool/cpu.py``); the sums are memory-bound anyway
+# (the same speed without it, measured at 320 and 640 units).
+_FASTMATH = {"reassoc"}
 _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 # Below this many multiply-adds (batch x weights: about 200 us of work) a step stays on the calling thread.
 _PARALLEL_MIN_MACS = 1 << 22
