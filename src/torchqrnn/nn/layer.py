@@ -241,7 +241,7 @@ class QRNNLayer(nn.Module):
     def _parameter_like(self) -> Tensor | None:
         """The tensor whose dtype and device inputs must match: the projection's ``weight`` parameter, else
         the first floating-point parameter of whatever module ``linear`` is (a wrapper's raw weight, say)."""
-        weight = self.linear._parameters.get("weight")
+        weight = self._modules["linear"]._parameters.get("weight")  # type: ignore[union-attr]  # (no __getattr__)
         if weight is not None and weight.is_floating_point():
             return weight
         for tensor in self.linear.parameters():

@@ -173,8 +173,11 @@ class QRNN(nn.Module):
 
     def _stack(self) -> list[list[QRNNLayer]]:
         """The layers, one list of directions per depth: [[l0_fwd, l0_bwd], [l1_fwd, l1_bwd], ...]."""
-        forward: list[QRNNLayer] = list(self.layers)  # type: ignore[arg-type]
-        backward: list[QRNNLayer] = list(self.layers_bwd) if self.bidirectional else []  # type: ignore[arg-type]
+        # read from the ModuleLists' own dicts: this runs on every call, streaming steps included
+        forward: list[QRNNLayer] = list(self._modules["layers"]._modules.values())  # type: ignore[union-attr,arg-type]
+        if not self.bidirectional:
+            return [[layer] for layer in forward]
+        backward: list[QRNNLayer] = list(self.layers_bwd)  # type: ignore[arg-type]
         return [[layer, *backward[depth : depth + 1]] for depth, layer in enumerate(forward)]
 
     def reset(self) -> None:
@@ -195,15 +198,16 @@ class QRNN(nn.Module):
         self, input: Tensor | PackedSequence, h0: Tensor | None = None
     ) -> tuple[Tensor | PackedSequence, Tensor]:
         stack = self._stack()
-        saving = [layer.save_prev_x and layer.window > 1 for layer, *_ in stack]
+        firsts = [directions[0] for directions in stack]  # the forward layer of each depth
+        saving = [layer.save_prev_x and layer.window > 1 for layer in firsts]
         if isinstance(input, PackedSequence) and any(saving):
             raise ValueError(
                 "QRNN: save_prev_x keeps each sequence's last steps for the next call, but a PackedSequence "
                 "holds sequences of different lengths; pass a padded tensor instead"
             )
-        contexts = [layer.prev_x if save else None for (layer, *_), save in zip(stack, saving, strict=True)]
+        contexts = [layer.prev_x if save else None for layer, save in zip(firsts, saving, strict=True)]
         output, h_n, new_contexts = self._forward_checked(input, h0, contexts, stack)
-        for (layer, *_), save, context in zip(stack, saving, new_contexts, strict=True):
+        for layer, save, context in zip(firsts, saving, new_contexts, strict=True):
             if save:
                 layer.__dict__["prev_x"] = context.detach()  # a plain attribute: skip Module.__setattr__
         return output, h_n
@@ -274,7 +278,7 @@ class QRNN(nn.Module):
             if self.dropout and depth < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, self.training)
 
-        h_n = torch.stack(finals)
+        h_n = finals[0].unsqueeze(0) if len(finals) == 1 else torch.stack(finals)  # (a view: no copy)
         if isinstance(input, PackedSequence):
             return pack_like(x, host_lengths, input, batch_first), h_n, new_contexts
         if unbatched:
