@@ -205,10 +205,10 @@ def sigmoid(x: float) -> float:
 def fma(typingctx, a, b, c):  # pragma: no cover - numba
     """``a * b + c`` rounded once (LLVM's ``llvm.fma``: the FMA instruction, vectorised like any arithmetic).
 
-    The kernels compile without fast-math flags, so every other operation rounds as written: LLVM's
-    ``contract`` flag would let it fuse some multiply-adds and not others, differently in a loop's vector
-    body and its scalar remainder and from one compilation to the next (a function compiled in the process
-    and the same function loaded from numba's cache gave different bits). Fusing is spelled out instead.
+    The kernels compile without LLVM's ``contract`` flag (the pooling without any fast-math flag), so every
+    other operation rounds as written: ``contract`` lets LLVM fuse some multiply-adds and not others, and
+    differently from one compilation to the next (a kernel compiled in the process and the same kernel
+    loaded from numba's cache gave different bits). Fusing is spelled out instead.
     """
     if not (isinstance(a, types.Float) and a == b == c):
         return None
