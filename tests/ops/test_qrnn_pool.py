@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from torchqrnn.ops.qrnn_pool import qrnn_pool, qrnn_pool_reference
 
@@ -236,3 +237,42 @@ def test_torch_compile_fullgraph_matches_eager() -> None:
     torch.testing.assert_close(got, eager[0])
     for g, e in zip(got_grads, eager_grads, strict=True):
         torch.testing.assert_close(g, e)
+
+
+class _Allocations(TorchDispatchMode):
+    """The shapes of the tensors a call allocates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if func in (torch.ops.aten.empty.memory_format, torch.ops.aten.empty_strided.default):
+            self.shapes.append(tuple(result.shape))
+        return result
+
+
+@pytest.mark.parametrize(("output_gate", "input_gate"), POOLINGS)
+@pytest.mark.parametrize("steps", [1, 37])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_inference_stores_no_cell_states_and_equals_training(output_gate, input_gate, steps, reverse) -> None:
+    """Without a gradient to compute, the cell states (which only the backward pass reads) are not stored,
+    and the results are bit for bit those of a call that keeps them."""
+    batch, hidden = 3, 45
+    for with_h0, masked, with_lengths, batch_first in itertools.product((False, True), repeat=4):
+        gates = make_gates(steps, batch, hidden, output_gate=output_gate, input_gate=input_gate,
+                           batch_first=batch_first)  # fmt: skip
+        h0 = torch.randn(batch, hidden) if with_h0 else None
+        shape = (batch, steps, hidden) if batch_first else (steps, batch, hidden)
+        options = dict(
+            output_gate=output_gate, input_gate=input_gate, reverse=reverse, batch_first=batch_first,
+            forget_mask=torch.rand(shape) > 0.3 if masked else None, forget_scale=0.9,
+            lengths=torch.randint(0, steps + 1, (batch,)) if with_lengths else None,
+        )  # fmt: skip
+        out, hn = qrnn_pool(gates, h0, **options)  # gates require grad: the cells are kept for backward
+        with torch.no_grad(), _Allocations() as allocations:
+            out_inference, hn_inference = qrnn_pool(gates, h0, **options)
+        assert torch.equal(out_inference, out.detach()) and torch.equal(hn_inference, hn.detach())
+        full_size = [s for s in allocations.shapes if len(s) == 3]
+        assert full_size == [shape], allocations.shapes  # the output only

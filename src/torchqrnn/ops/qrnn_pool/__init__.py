@@ -128,11 +128,14 @@ def _forward_shapes(gates: Tensor, output_gate: bool, input_gate: bool, batch_fi
     return (*gates.shape[:2], hidden), (batch, hidden)
 
 
-def _new_outputs(gates: Tensor, output_gate: bool, input_gate: bool, batch_first: bool):
-    """``(output, final state, cells)``; cells is empty without an output gate (the output is the cells)."""
+def _new_outputs(
+    gates: Tensor, output_gate: bool, input_gate: bool, batch_first: bool, store_cells: bool = True
+):
+    """``(output, final state, cells)``; cells is empty without an output gate (the output is the cells) and
+    where they are not stored."""
     out_shape, state_shape = _forward_shapes(gates, output_gate, input_gate, batch_first)
     new = functools.partial(torch.empty, dtype=gates.dtype, device=gates.device)
-    return new(out_shape), new(state_shape), new(out_shape if output_gate else (0,))
+    return new(out_shape), new(state_shape), new(out_shape if output_gate and store_cells else (0,))
 
 
 def _new_grads(gates: Tensor, output_gate: bool, input_gate: bool, batch_first: bool):
@@ -152,8 +155,11 @@ def _qrnn_pool_impl(
     batch_first: bool,
     reverse: bool,
     backend: str,
+    store_cells: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    out, hn, cells = _new_outputs(gates, output_gate, input_gate, batch_first)
+    """The forward op; ``store_cells=False`` (inference: nothing will read them) returns the empty
+    placeholder for the cell states, which the kernels then do not store."""
+    out, hn, cells = _new_outputs(gates, output_gate, input_gate, batch_first, store_cells)
     if out.numel() == 0:  # the kernels see non-empty tensors only; an empty sequence keeps its state
         hn.copy_(h0) if h0 is not None else hn.zero_()
         return out, hn, cells
@@ -167,7 +173,7 @@ def _qrnn_pool_impl(
         input_gate,
         reverse,
         time_major(out, batch_first),
-        time_major(cells, batch_first) if output_gate else cells,
+        (time_major(cells, batch_first) if output_gate else cells) if store_cells else None,
         hn,
     )
     return out, hn, cells
@@ -426,8 +432,11 @@ def qrnn_pool(
         )
         return out, hn
     if not torch.is_grad_enabled() or not (gates.requires_grad or (h0 is not None and h0.requires_grad)):
-        # inference (streaming above all) skips the autograd machinery: nothing is saved or recorded
-        out, hn, _ = _qrnn_pool_impl(gates, h0, forget_mask, forget_scale, lengths, *options, chosen)
+        # inference (streaming above all) skips the autograd machinery: nothing is saved or recorded, and
+        # the cell states, which only the backward pass reads, are not stored
+        out, hn, _ = _qrnn_pool_impl(
+            gates, h0, forget_mask, forget_scale, lengths, *options, chosen, store_cells=False
+        )
         return out, hn
     return _QRNNPoolFunction.apply(gates, h0, forget_mask, forget_scale, lengths, *options, chosen)
 

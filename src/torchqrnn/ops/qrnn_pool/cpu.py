@@ -72,7 +72,7 @@ def _forward_row(z_in, f_in, o_in, i_in, keep, c, out_row, cell_row, n, scale, o
 def _forward_segment(
     gates, mask, out, cells, h0, hn, lengths, steps, hidden, n, layout, b, c0, scale, one, flags
 ):  # pragma: no cover - numba
-    output_gate, input_gate, has_h0, has_lengths, reverse = flags
+    output_gate, input_gate, has_h0, has_lengths, reverse, store_cells = flags
     go = layout[_GATES, 0] + b * layout[_GATES, 2] + c0
     mo = layout[_MASK, 0] + b * layout[_MASK, 2] + c0
     oo = layout[_OUT, 0] + b * layout[_OUT, 2] + c0
@@ -85,12 +85,13 @@ def _forward_segment(
     if has_h0:
         load_row(c, h0[b, c0 : c0 + n], n)
     # Rows a pooling kind does not use point at scratch: LLVM's runtime alias checks would otherwise see
-    # overlapping rows (cells is out without an output gate) and fall back to scalar code.
+    # overlapping rows (cells is out without an output gate) and fall back to scalar code. Inference does
+    # not keep the cell states either (``store_cells`` false): they go to the scratch row too.
     unused = np.empty(n, dtype=out.dtype)
     start, stop = _valid_range(lengths, b, steps, has_lengths, reverse)
     for k in range(steps):
         out_row = out[oo : oo + n]
-        cell_row = cells[co : co + n] if output_gate else unused
+        cell_row = cells[co : co + n] if store_cells else unused
         if start <= k < stop:
             _forward_row(
                 gates[go + z_col : go + z_col + n],
@@ -109,7 +110,7 @@ def _forward_segment(
             )
         else:  # padding: the state carries through untouched, the output is zero
             out_row[:] = 0
-            if output_gate:
+            if store_cells:
                 cell_row[:] = 0
         go += gs
         mo += ms
@@ -277,7 +278,7 @@ def _lengths_array(lengths: Tensor | None) -> np.ndarray:
     return _NO_LENGTHS if lengths is None else lengths.detach().to("cpu", torch.int64).contiguous().numpy()
 
 
-def _streaming_step(gates: Tensor, h0: Tensor | None, out: Tensor, cells: Tensor, hn: Tensor) -> bool:
+def _streaming_step(gates: Tensor, h0: Tensor | None, out: Tensor, cells: Tensor | None, hn: Tensor) -> bool:
     """Whether one step can skip the layout machinery: everything contiguous and of the gates' dtype.
 
     A call with T = 1 (streaming, batch 1) does so little arithmetic that the generic launcher's tensor
@@ -303,26 +304,29 @@ def forward(
     input_gate: bool,
     reverse: bool,
     out: Tensor,
-    cells: Tensor,
+    cells: Tensor | None,
     hn: Tensor,
 ) -> None:
     """Write the pooled ``out`` (T, B, H), the final state ``hn`` (B, H) and, with an output gate only, the
-    ``cells`` (T, B, H) that the backward pass reads (without one, ``out`` is the cell state)."""
+    ``cells`` (T, B, H) that the backward pass reads (without one, ``out`` is the cell state). ``cells`` is
+    None where nothing will read them (inference): then they are not stored."""
     steps, batch, hidden = out.shape
+    store_cells = output_gate and cells is not None
     dtype = gates.dtype  # every float dtype runs in place (half types through their storage)
     scale_k, one = compute_scalar(dtype, scale), compute_scalar(dtype, 1)
     if steps == 1 and mask is None and lengths is None and _streaming_step(gates, h0, out, cells, hn):
-        step_out = _numpy(out)[0]
+        step_out, step_hn = _numpy(out)[0], _numpy(hn)
+        # one step's cell states are its final state: without cells to keep, hn takes them (and then c)
+        step_cells = step_out if not output_gate else step_hn if cells is None else _numpy(cells)[0]
         _single_step(
-            _numpy(gates)[0], NO_STATE[dtype] if h0 is None else _numpy(h0), step_out,
-            _numpy(cells)[0] if output_gate else step_out, _numpy(hn), hidden, scale_k, one, output_gate,
-            input_gate, h0 is not None,
+            _numpy(gates)[0], NO_STATE[dtype] if h0 is None else _numpy(h0), step_out, step_cells, step_hn,
+            hidden, scale_k, one, output_gate, input_gate, h0 is not None,
         )  # fmt: skip
         return
     # Write straight into the results when they suit the kernel, else into buffers copied back after.
     out_k = out if out.dtype == dtype and out.stride(-1) == 1 else torch.empty(out.shape, dtype=dtype)
-    cells_k = out_k  # without an output gate the output is the cell state
-    if output_gate:
+    cells_k = out_k  # without an output gate the output is the cell state (and a stand-in without cells)
+    if output_gate and cells is not None:
         cells_k = (
             cells if cells.dtype == dtype and cells.stride(-1) == 1 else torch.empty(cells.shape, dtype=dtype)
         )
@@ -341,11 +345,11 @@ def forward(
         layout_rows(operands, steps, walk_backwards=reverse),
         scale_k,
         one,
-        (output_gate, input_gate, h0 is not None, lengths is not None, reverse),
+        (output_gate, input_gate, h0 is not None, lengths is not None, reverse, store_cells),
     )
     run_jobs(_forward_jobs, args, threads)
-    for result, computed in ((out, out_k), (cells, cells_k), (hn, hn_k)):
-        if computed is not result and (output_gate or result is not cells):
+    for result, computed in ((out, out_k), (cells if store_cells else None, cells_k), (hn, hn_k)):
+        if result is not None and computed is not result:
             result.copy_(computed)
 
 

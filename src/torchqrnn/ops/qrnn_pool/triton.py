@@ -422,17 +422,21 @@ def forward(
     input_gate: bool,
     reverse: bool,
     out: Tensor,
-    cells: Tensor,
+    cells: Tensor | None,
     hn: Tensor,
 ) -> None:
     """Write the pooled ``out`` (T, B, H), the final state ``hn`` (B, H) and, with an output gate only, the
-    ``cells`` (T, B, H) that the backward pass reads (without one, ``out`` is the cell state)."""
+    ``cells`` (T, B, H) that the backward pass reads (without one, ``out`` is the cell state). ``cells`` is
+    None where nothing will read them (inference); this kernel then stores them in a buffer of its own."""
     steps, batch, hidden = out.shape
     keep = _keep_operand(mask)
     lengths = _lengths_operand(lengths, gates)
-    cells_k = (
-        cells if output_gate else out
-    )  # without an output gate nothing is stored there: any valid pointer
+    if not output_gate:
+        cells_k = out  # nothing is stored there: any valid pointer
+    elif cells is None:
+        cells_k = torch.empty_like(out)
+    else:
+        cells_k = cells
     block_h = _block_h(hidden, gates.dtype)
     with _on_device(gates):
         _forward_kernel[(batch, triton.cdiv(hidden, block_h))](
