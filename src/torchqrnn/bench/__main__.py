@@ -27,7 +27,7 @@ COMMANDS = {
     "layer": Command(
         "layer",
         "QRNN vs nn.LSTM / nn.GRU on this machine: the paper's Figure 4 grid, a PTB training step, a long "
-        "sequence, streaming latency, peak memory (the default; about a minute)",
+        "sequence, streaming latency, peak memory (the default; about four minutes)",
     ),
     "forget-mult": Command(
         "forget_mult",

@@ -1,4 +1,4 @@
-"""``python -m torchqrnn.bench [layer]``: how fast a QRNN is here, against nn.LSTM and nn.GRU (a minute).
+"""``python -m torchqrnn.bench [layer]``: how fast a QRNN is here, against nn.LSTM and nn.GRU (four minutes).
 
 Prints each figure as it is measured, and writes them as JSON (``--json``) and a PNG heatmap (``--plot``):
 
