@@ -253,17 +253,20 @@ class _Allocations(TorchDispatchMode):
         return result
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("output_gate", "input_gate"), POOLINGS)
 @pytest.mark.parametrize("steps", [1, 37])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_inference_stores_no_cell_states_and_equals_training(output_gate, input_gate, steps, reverse) -> None:
+def test_inference_stores_no_cell_states_and_equals_training(
+    dtype, output_gate, input_gate, steps, reverse
+) -> None:
     """Without a gradient to compute, the cell states (which only the backward pass reads) are not stored,
     and the results are bit for bit those of a call that keeps them."""
     batch, hidden = 3, 45
     for with_h0, masked, with_lengths, batch_first in itertools.product((False, True), repeat=4):
         gates = make_gates(steps, batch, hidden, output_gate=output_gate, input_gate=input_gate,
-                           batch_first=batch_first)  # fmt: skip
-        h0 = torch.randn(batch, hidden) if with_h0 else None
+                           batch_first=batch_first, dtype=dtype)  # fmt: skip
+        h0 = torch.randn(batch, hidden, dtype=dtype) if with_h0 else None
         shape = (batch, steps, hidden) if batch_first else (steps, batch, hidden)
         options = dict(
             output_gate=output_gate, input_gate=input_gate, reverse=reverse, batch_first=batch_first,
