@@ -10,12 +10,17 @@ from ..ops._dispatch import shape_str
 
 
 def state_dtype_ok(state: Tensor, x: Tensor) -> bool:
-    """A state (``h0``, a window context) has the input's dtype, or under autocast the autocast dtype: the
-    dtype of the states a layer returns there, so that they feed the next call."""
+    """A state (``h0``, a window context) has the input's dtype, or under autocast the autocast dtype or
+    float32 (the dtype autocast casts from): the states a layer returns there, and those made for its
+    parameters (:meth:`StreamingQRNN.initial_state`), feed the next call whatever layer of a stack they
+    belong to (a layer above the first reads its input in the autocast dtype)."""
     if state.dtype == x.dtype:
         return True
     device = x.device.type
-    return torch.is_autocast_enabled(device) and state.dtype == torch.get_autocast_dtype(device)
+    return torch.is_autocast_enabled(device) and state.dtype in (
+        torch.get_autocast_dtype(device),
+        torch.float32,
+    )
 
 
 def autocast_note(x: Tensor) -> str:
@@ -23,7 +28,7 @@ def autocast_note(x: Tensor) -> str:
     device = x.device.type
     if not torch.is_autocast_enabled(device):
         return ""
-    return f", or {torch.get_autocast_dtype(device)} under autocast"
+    return f", or {torch.get_autocast_dtype(device)} or torch.float32 under autocast"
 
 
 def check_input(input: object, input_size: int, weight: Tensor | None, owner: str) -> Tensor:

@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.nn.modules import module as _module
 from torch.nn.utils.rnn import PackedSequence
 
@@ -29,6 +30,16 @@ class StackCall(NamedTuple):
 
 # The weight types of a projection the layer may compute itself (anything else may override the product).
 _PLAIN_TENSORS = (nn.Parameter, Tensor)
+# torch's own nn.Linear.forward and F.linear: a patch of either (a profiler's, a distributed wrapper's, a
+# test's) must be called, so the layer computes the product itself only while both are these. (A forward
+# patched before this import is not torch's own: then the module is always called.)
+_TORCH_LINEAR_FORWARD = (
+    nn.Linear.forward
+    if (nn.Linear.forward.__module__, nn.Linear.forward.__qualname__)
+    == ("torch.nn.modules.linear", "Linear.forward")
+    else None
+)
+_TORCH_F_LINEAR = torch._C._nn.linear
 # Options a whole-model pickle of salesforce's (or fastai's) layer lacks, with the values its layers had.
 _UPGRADE_DEFAULTS: dict[str, Any] = {
     "input_gate": False,
@@ -255,8 +266,8 @@ class QRNNLayer(nn.Module):
 
         That holds for an ``nn.Linear`` itself (not a subclass: parametrizations and quantized modules are
         subclasses or other classes), with no hooks on it nor global module hooks (pruning and the old
-        ``weight_norm`` are pre-hooks), no ``forward`` patched onto the instance, and weights that are plain
-        tensors (not tensor subclasses). Only then may the layer compute the product itself, on its fast
+        ``weight_norm`` are pre-hooks), no ``forward`` patched onto the instance or the class, no patched
+        ``torch.nn.functional.linear``, and weights that are plain tensors (not tensor subclasses). Only then may the layer compute the product itself, on its fast
         paths (oneDNN products, the fused single step); any other module is called. (Read from the module's
         dicts: each ``Module.__getattr__`` costs about a microsecond on a streaming step.)
         """
@@ -272,6 +283,8 @@ class QRNNLayer(nn.Module):
             or _module._global_backward_hooks
             or _module._global_backward_pre_hooks
             or "forward" in linear.__dict__
+            or nn.Linear.forward is not _TORCH_LINEAR_FORWARD
+            or F.linear is not _TORCH_F_LINEAR
         ):
             return None
         parameters = linear._parameters
@@ -396,8 +409,8 @@ class QRNNLayer(nn.Module):
             shape = list(x.shape)
             shape[time_dim] = span
             edge = x.new_zeros(shape)
-        else:
-            edge = context.transpose(0, 1) if time_dim == 1 else context
+        else:  # (under autocast a context may be float32 where x has the autocast dtype, or the reverse)
+            edge = (context.transpose(0, 1) if time_dim == 1 else context).to(x.dtype)
         if self.backward:
             padded = torch.cat([x, edge], time_dim)  # (T + w - 1) steps: x, then what follows it
             shifts = [padded.narrow(time_dim, k, steps) for k in range(self.window)]
@@ -463,8 +476,8 @@ class QRNNLayer(nn.Module):
             )
         if not state_dtype_ok(context, x) or context.device != x.device:
             raise RuntimeError(
-                f"QRNNLayer: expected context of dtype {x.dtype} on {x.device}, got {context.dtype} on "
-                f"{context.device}"
+                f"QRNNLayer: expected context of dtype {x.dtype}{autocast_note(x)} on {x.device}, got "
+                f"{context.dtype} on {context.device}"
             )
         return context
 

@@ -70,8 +70,18 @@ _WEIGHT_GRAD: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
+# The products a backward that builds a graph takes (see _Projection).
+_DIFFERENTIABLE = dict.fromkeys(_PRODUCTS, "linear")
+
+
 class _Projection(torch.autograd.Function):
-    """``F.linear`` with each of its three products computed by the library chosen for it."""
+    """``F.linear`` with each of its three products computed by the library chosen for it.
+
+    Twice differentiable: a backward that builds a graph (``create_graph=True``: gradient penalties,
+    Hessian-vector products) computes its products with PyTorch's differentiable ``mm`` on the saved
+    tensors, so the gradients it returns are themselves differentiable (oneDNN's primitive has no
+    derivative); a plain backward takes the chosen libraries.
+    """
 
     @staticmethod
     def forward(
@@ -83,16 +93,17 @@ class _Projection(torch.autograd.Function):
         return _FORWARD[choice["forward"]](rows, weight, bias).view(*input.shape[:-1], weight.shape[0])
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         input, weight = ctx.saved_tensors
         grad_rows = grad.reshape(-1, grad.shape[-1])  # (rows, out)
         input_rows = input.reshape(-1, input.shape[-1])  # (rows, in)
+        # building a graph: the "linear" products (torch.mm) are differentiable, oneDNN's are not
+        choice = _DIFFERENTIABLE if torch.is_grad_enabled() else ctx.choice
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_input = _INPUT_GRAD[ctx.choice["input_grad"]](grad_rows, weight).view(input.shape)
+            grad_input = _INPUT_GRAD[choice["input_grad"]](grad_rows, weight).view(input.shape)
         if ctx.needs_input_grad[1]:
-            grad_weight = _WEIGHT_GRAD[ctx.choice["weight_grad"]](grad_rows, input_rows)
+            grad_weight = _WEIGHT_GRAD[choice["weight_grad"]](grad_rows, input_rows)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_rows.sum(0)
         return grad_input, grad_weight, grad_bias, None

@@ -15,6 +15,7 @@ from torch import Tensor
 from .._cpu import (
     as_numpy,
     claim,
+    compute_scalar,
     flat,
     layout_rows,
     load,
@@ -34,7 +35,7 @@ _F, _X, _OUT, _DOUT, _DF, _DX = range(6)
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def _forward_segment(f, x, out, h0, steps, n, layout, b, c0, has_h0):  # pragma: no cover - numba
+def _forward_segment(f, x, out, h0, steps, n, layout, b, c0, has_h0, one):  # pragma: no cover - numba
     fo = layout[_F, 0] + b * layout[_F, 2] + c0
     xo = layout[_X, 0] + b * layout[_X, 2] + c0
     oo = layout[_OUT, 0] + b * layout[_OUT, 2] + c0
@@ -45,8 +46,11 @@ def _forward_segment(f, x, out, h0, steps, n, layout, b, c0, has_h0):  # pragma:
     for _ in range(steps):
         f_row, x_row, out_row = f[fo : fo + n], x[xo : xo + n], out[oo : oo + n]
         for j in range(n):
-            # h + f (x - h) == f x + (1 - f) h, without a float64 literal that would widen float32 math.
-            h_j = h[j] + load(f_row[j]) * (load(x_row[j]) - h[j])
+            # as the equation is written (``one`` in the compute dtype: a float64 literal would widen
+            # float32 math): the rewrite h + f (x - h) gives NaN for an infinite state and overflows near
+            # the float range where this does not
+            f_j = load(f_row[j])
+            h_j = f_j * load(x_row[j]) + (one - f_j) * h[j]
             h[j] = h_j
             store(out_row, j, h_j)
         fo += fs
@@ -55,18 +59,18 @@ def _forward_segment(f, x, out, h0, steps, n, layout, b, c0, has_h0):  # pragma:
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def _backward_step(f_row, x_row, h_prev, dout_row, df_row, dx_row, carry, n):  # pragma: no cover - numba
+def _backward_step(f_row, x_row, h_prev, dout_row, df_row, dx_row, carry, n, one):  # pragma: no cover
     for j in range(n):
         g = load(dout_row[j]) + carry[j]  # g_t = dh_t + (1 - f_{t+1}) g_{t+1}
         f_j = load(f_row[j])
         store(dx_row, j, f_j * g)
         store(df_row, j, (load(x_row[j]) - load(h_prev[j])) * g)
-        carry[j] = g - f_j * g
+        carry[j] = (one - f_j) * g  # as written, not g - f g (NaN for an infinite g)
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
 def _backward_segment(
-    f, x, out, h0, dout, df, dx, dh0, steps, n, layout, b, c0, has_h0
+    f, x, out, h0, dout, df, dx, dh0, steps, n, layout, b, c0, has_h0, one
 ):  # pragma: no cover - numba
     # The layout points at the *last* processed row and steps towards the first one.
     fo = layout[_F, 0] + b * layout[_F, 2] + c0
@@ -88,6 +92,7 @@ def _backward_segment(
             dx[dxo : dxo + n],
             carry,
             n,
+            one,
         )
         fo += fs
         xo += xs
@@ -106,12 +111,15 @@ def _backward_segment(
         dx[dxo : dxo + n],
         carry,
         n,
+        one,
     )
     store_row(dh0[b, c0 : c0 + n], carry, n)
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def _forward_jobs(f, x, out, h0, steps, batch, hidden, chunk, layout, has_h0, counter):  # pragma: no cover
+def _forward_jobs(
+    f, x, out, h0, steps, batch, hidden, chunk, layout, has_h0, one, counter
+):  # pragma: no cover
     # one job: a (batch, column chunk) segment over all steps; claimed one at a time (see run_jobs)
     per_batch = (hidden + chunk - 1) // chunk
     while True:
@@ -119,12 +127,12 @@ def _forward_jobs(f, x, out, h0, steps, batch, hidden, chunk, layout, has_h0, co
         if job >= batch * per_batch:
             return
         b, c0 = job // per_batch, (job % per_batch) * chunk
-        _forward_segment(f, x, out, h0, steps, min(chunk, hidden - c0), layout, b, c0, has_h0)
+        _forward_segment(f, x, out, h0, steps, min(chunk, hidden - c0), layout, b, c0, has_h0, one)
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
 def _backward_jobs(
-    f, x, out, h0, dout, df, dx, dh0, steps, batch, hidden, chunk, layout, has_h0, counter
+    f, x, out, h0, dout, df, dx, dh0, steps, batch, hidden, chunk, layout, has_h0, one, counter
 ):  # pragma: no cover
     per_batch = (hidden + chunk - 1) // chunk
     while True:
@@ -133,7 +141,7 @@ def _backward_jobs(
             return
         b, c0 = job // per_batch, (job % per_batch) * chunk
         _backward_segment(
-            f, x, out, h0, dout, df, dx, dh0, steps, min(chunk, hidden - c0), layout, b, c0, has_h0
+            f, x, out, h0, dout, df, dx, dh0, steps, min(chunk, hidden - c0), layout, b, c0, has_h0, one
         )
 
 
@@ -170,6 +178,7 @@ def forward(f: Tensor, x: Tensor, h0: Tensor | None, out: Tensor, reverse: bool)
         chunk,
         layout_rows(operands, steps, walk_backwards=reverse),
         state is not None,
+        compute_scalar(dtype, 1.0),
     )
     run_jobs(_forward_jobs, args, threads)
     if target is not out:
@@ -226,6 +235,7 @@ def backward(
         chunk,
         layout_rows(operands, steps, walk_backwards=not reverse),
         state is not None,
+        compute_scalar(dtype, 1.0),
     )
     run_jobs(_backward_jobs, args, threads)
     for result, target in zip((df, dx, dh0), targets, strict=True):

@@ -91,18 +91,28 @@ def _check_inputs(
                 f"{owner}: expected lengths to be an int64 (or int32) tensor of shape ({batch},), "
                 f"got {lengths.dtype} of shape {shape_str(lengths)}"
             )
-        # A check of the values reads them on the host: done for host lengths (a PackedSequence's), skipped
-        # for device lengths (a host read would synchronise, and break CUDA-graph capture) and while tracing.
-        # The kernels clamp lengths into [0, T] either way.
-        if (
-            batch
-            and lengths.device.type == "cpu"
-            and not torch.compiler.is_compiling()
-            and (int(lengths.min()) < 0 or int(lengths.max()) > steps)
-        ):
-            raise ValueError(f"{owner}: expected lengths in [0, {steps}], got {lengths.tolist()}")
+        # (vmap's rule checks its own; nothing to read while compiling)
+        if not torch.compiler.is_compiling() and not torch._C._functorch.is_functorch_wrapped_tensor(lengths):
+            check_length_values(lengths, steps)
     check_backend(owner, backend)
     return gates, h0, forget_mask, lengths
+
+
+def check_length_values(lengths: Tensor | None, steps: int) -> None:
+    """Every length in ``[0, steps]``.
+
+    The check reads the values on the host: done for host lengths (a PackedSequence's, or those a ``vmap``
+    rule unwrapped), skipped for device lengths (a host read would synchronise, and break CUDA-graph
+    capture) and while compiling. The kernels clamp lengths into ``[0, T]`` either way.
+    """
+    if (
+        lengths is not None
+        and lengths.numel()
+        and lengths.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and (int(lengths.min()) < 0 or int(lengths.max()) > steps)
+    ):
+        raise ValueError(f"qrnn_pool: expected lengths in [0, {steps}], got {lengths.tolist()}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -328,6 +338,8 @@ class _QRNNPoolTransformable(torch.autograd.Function):
             options[2],
         )  # options: output_gate, input_gate, batch_first, ...
         size, batch = info.batch_size, (0 if batch_first else 1)
+        sample = gates if in_dims[0] is None else gates.select(in_dims[0], 0)  # one sample's (T, B, G*H)
+        check_length_values(lengths, sample.shape[1 if batch_first else 0])
         out, hn, cells = _QRNNPoolTransformable.apply(
             fold(gates, in_dims[0], size, batch),
             fold(h0, in_dims[1], size, 0),

@@ -144,7 +144,7 @@ def _backward_row(
         else:
             d_f = dc * (z - c_prev)  # i is f: d(f z + (1 - f) c_prev) / df
         store(df, j, d_f * k * s_f * (one - s_f))
-        carry[j] = dc - f * dc
+        carry[j] = (one - f) * dc  # as written: dc - f dc is NaN for an infinite dc
 
 
 @njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")

@@ -250,7 +250,7 @@ def _backward_step(
     else:
         d_f = dc * (z - c_prev)  # i is f: d(f z + (1 - f) c_prev) / df
     tl.store(dz_ptrs + dgate_step, (d_f * k * s_f * (1.0 - s_f)).to(ty), mask=cmask)
-    return dc - f * dc
+    return (1.0 - f) * dc
 
 
 @triton.jit(do_not_specialize=["steps", "stride_dob", "stride_gb", "stride_cb", "stride_mb", "stride_dgb"])
