@@ -267,9 +267,10 @@ class QRNNLayer(nn.Module):
         That holds for an ``nn.Linear`` itself (not a subclass: parametrizations and quantized modules are
         subclasses or other classes), with no hooks on it nor global module hooks (pruning and the old
         ``weight_norm`` are pre-hooks), no ``forward`` patched onto the instance or the class, no patched
-        ``torch.nn.functional.linear``, and weights that are plain tensors (not tensor subclasses). Only then may the layer compute the product itself, on its fast
-        paths (oneDNN products, the fused single step); any other module is called. (Read from the module's
-        dicts: each ``Module.__getattr__`` costs about a microsecond on a streaming step.)
+        ``torch.nn.functional.linear``, and weights that are plain tensors (not tensor subclasses). Only then
+        may the layer compute the product itself, on its fast paths (oneDNN products, the fused single step);
+        any other module is called. (Read from the module's dicts: each ``Module.__getattr__`` costs about a
+        microsecond on a streaming step.)
         """
         linear = self._modules["linear"]
         if (

@@ -99,10 +99,10 @@ def run_step(
         )
         return out.reshape(output_shape), hn.reshape(state_shape)
     return kernel_module(__name__, backend).step(
-        source.contiguous(),
-        weight.contiguous(),
-        weight.new_zeros(weight.shape[0]) if bias is None else bias.contiguous(),
-        None if h0 is None else h0.contiguous(),
+        source,
+        weight,
+        bias,
+        h0,
         output_gate,
         input_gate,
         forget_scale,

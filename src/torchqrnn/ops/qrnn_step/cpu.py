@@ -1,109 +1,79 @@
-"""One inference step of a layer on CPU, projection and pooling fused in one numba kernel.
+"""One inference step of a layer on CPU: the platform's matrix-vector product, then the gates in one kernel.
 
-A streaming call (T = 1, batch 1) is a matrix-vector product and a few hundred element-wise operations;
-through ``F.linear`` and the pooling kernel it costs several times the product (dispatch, allocation,
-conversions). Here each thread takes a block of hidden units and computes, for every batch row, the dot
-products of its ``Z``, ``F`` (``O``, ``I``) weight rows with the window, then the gates and the new state.
-A batch-1 step runs on the calling thread: a 320-unit layer's step is 300 k multiply-adds, far below what
-pays for waking another thread, and on a busy machine a woken thread that is not scheduled held the step
-for milliseconds (measured with two busy processes on the two cores: p99 of 88 ms with two threads against
-44 ms on one, which is also ``nn.LSTMCell``'s; median 123 us against 61 us). Larger batches split the units
-into jobs that threads claim one at a time (``run_jobs`` in ``ops/_cpu.py``).
+A streaming call (T = 1, batch 1) is a matrix-vector product and a few hundred element-wise operations. The
+product is memory-bound and the platform's BLAS (MKL, through ``torch.addmv`` / ``torch.addmm``) does it at
+the speed of the memory on any x86 CPU, on torch's own threads (which it wakes cheaply); a hand-written
+serial matvec lost to it by 2.5-3x on an Intel Xeon (it was tuned on an AMD EPYC). So the step is that
+product, and one numba kernel for what is cheap to fuse: the activations
+and the state update, the pooling kernel's arithmetic exactly (``ops/qrnn_pool/cpu.py``), serial (a few
+hundred elements).
+
+The product reads the weights as stored: MKL's matrix-vector product of a column-major copy was faster on
+an Intel Xeon at one thread (960 x 320 weights: 11.0 us against 18.5 us; not at 960 x 640 or two threads),
+but a cached copy goes stale when the weights change in place through ``.data`` (which moves no version
+counter), a silent wrong result; so there is no copy. Under ``torch.use_deterministic_algorithms(True)`` the
+product is the generic path's ``F.linear``, and a step equals the generic path bit for bit.
 """
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
-from .._cpu import JOBS_PER_THREAD, NO_STATE, claim, run_jobs, sigmoid, tanh
+from .._blas import AVAILABLE as _BLAS_IN_KERNEL
+from .._blas import gemv
+from .._cpu import NO_STATE, sigmoid, tanh
 from .._numba_cache import njit
 
-# Dots may be reassociated (vectorised sums): a step's rounding differs from F.linear's by a few ulps. No
-# ``contract`` (nor ``arcp``): LLVM fused multiply-adds differently in a kernel compiled in the process and
-# the same kernel loaded from the cache (see ``ops/qrnn_pool/cpu.py``); the sums are memory-bound anyway
-# (the same speed without it, measured at 320 and 640 units).
-_FASTMATH = {"reassoc"}
 _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
-# Below this many multiply-adds (batch x weights: about 200 us of work) a step stays on the calling thread.
-_PARALLEL_MIN_MACS = 1 << 22
 
 
-@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH, inline="always")
-def _dots(w_a, w_b, w_c, x, a, b, c):  # pragma: no cover - numba
-    # three dot products in one pass: three independent chains of multiply-adds keep the FMA units busy
-    for k in range(x.shape[0]):
-        x_k = x[k]
-        a += w_a[k] * x_k
-        b += w_b[k] * x_k
-        c += w_c[k] * x_k
-    return a, b, c
-
-
-@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH, inline="always")
-def _dot(w, x, total):  # pragma: no cover - numba
-    for k in range(x.shape[0]):
-        total += w[k] * x[k]
-    return total
-
-
-@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH)
-def _units(weight, bias, source, h0, out, hn, u0, u1, hidden, scale, one, flags):  # pragma: no cover - numba
+@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", inline="always")
+def _pool_row(row, h0, b, out, hn, hidden, scale, one, flags):  # pragma: no cover - numba
+    """The pooling of batch row ``b`` from its pre-activation gates ``row`` (G*H): ``_forward_row`` of the
+    pooling kernel, term for term, so that a step rounds as the generic path's pooling does."""
     output_gate, input_gate, has_h0 = flags
-    o_row = 2 * hidden if output_gate else hidden  # without an output gate: the F row again, unused
-    i_row = weight.shape[0] - hidden
-    for u in range(u0, u1):
-        for b in range(source.shape[0]):
-            x = source[b]
-            w_z, w_f, w_o = weight[u], weight[hidden + u], weight[o_row + u]
-            a_z, a_f, a_o = _dots(w_z, w_f, w_o, x, bias[u], bias[hidden + u], bias[o_row + u])
-            z = tanh(a_z)
-            f = sigmoid(a_f) * scale
-            i = sigmoid(_dot(weight[i_row + u], x, bias[i_row + u])) if input_gate else f
-            c = i * z + (one - f) * (h0[b, u] if has_h0 else 0 * one)
-            hn[b, u] = c
-            out[b, u] = sigmoid(a_o) * c if output_gate else c
+    i_row = row.shape[0] - hidden
+    for u in range(hidden):
+        z = tanh(row[u])
+        f = sigmoid(row[hidden + u]) * scale
+        i = sigmoid(row[i_row + u]) if input_gate else f
+        c = i * z + (one - f) * (h0[b, u] if has_h0 else one - one)
+        hn[b, u] = c
+        out[b, u] = sigmoid(row[2 * hidden + u]) * c if output_gate else c
 
 
-@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath=_FASTMATH)
-def _step_jobs(weight, bias, source, h0, out, hn, hidden, per_job, scale, one, flags, counter):
-    # pragma: no cover - numba
-    """Blocks of ``per_job`` units, claimed one at a time (one block of all units on a single thread)."""
-    while True:
-        u0 = claim(counter) * per_job
-        if u0 >= hidden:
-            return
-        _units(weight, bias, source, h0, out, hn, u0, min(hidden, u0 + per_job), hidden, scale, one, flags)
+@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+def _gates(gates, h0, out, hn, hidden, scale, one, flags):  # pragma: no cover - numba
+    """The pooling of every row of ``gates`` (B, G*H), computed by the caller's product."""
+    for b in range(gates.shape[0]):
+        _pool_row(gates[b], h0, b, out, hn, hidden, scale, one, flags)
 
 
-# id(parameter) -> (its data pointer, a numpy view); an entry leaves with its parameter (weakref.finalize).
-_weight_views: dict[int, tuple[int, np.ndarray]] = {}
+@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+def _fused(weight, bias, x, h0, out, hn, hidden, scale, one, flags):  # pragma: no cover - numba
+    """A batch-1 step in one call: the gates ``bias + weight @ x`` by torch's BLAS (``_blas.gemv``, as
+    ``torch.addmv`` computes them), then their pooling."""
+    row = bias.copy()
+    gemv(weight, x, row)
+    _pool_row(row, h0, 0, out, hn, hidden, scale, one, flags)
 
 
-def _weight_view(t: Tensor) -> np.ndarray:
-    """A numpy view of a parameter, kept from one step to the next while its storage stays the same.
-
-    The view's base is a detached alias, not the parameter object, so the cache does not keep a dropped
-    parameter alive; a parameter whose data is replaced (``.data = ...``, ``.to()``) gets a new view.
-    """
-    key, pointer = id(t), t.data_ptr()
-    cached = _weight_views.get(key)
-    if cached is not None and cached[0] == pointer:
-        return cached[1]
-    if cached is None:
-        weakref.finalize(t, _weight_views.pop, key, None)
-    view = t.detach().numpy()
-    _weight_views[key] = (pointer, view)
-    return view
+def _product(source: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``source @ weight.T + bias`` ``(B, G*H)``; a batch of one as a matrix-vector product (``addmv``: 1.1x
+    faster than ``F.linear``'s one-row matrix product, measured), except under deterministic algorithms."""
+    if source.shape[0] == 1 and not torch.are_deterministic_algorithms_enabled():
+        product = torch.mv(weight, source[0]) if bias is None else torch.addmv(bias, weight, source[0])
+        return product.unsqueeze(0)
+    return F.linear(source, weight, bias)  # the generic path's product, exactly
 
 
 def step(
     source: Tensor,
     weight: Tensor,
-    bias: Tensor,
+    bias: Tensor | None,
     h0: Tensor | None,
     output_gate: bool,
     input_gate: bool,
@@ -111,30 +81,29 @@ def step(
     output_shape: tuple[int, ...],
     state_shape: tuple[int, ...],
 ) -> tuple[Tensor, Tensor]:
-    """``(output, state)`` of the shapes asked for (B rows of H) from contiguous ``source`` (B rows of K).
+    """``(output, state)`` of the shapes asked for (B rows of H) from ``source`` (B rows of K).
 
-    The results are allocated as numpy arrays and wrapped, not allocated as tensors and unwrapped: at a
-    streaming step's scale each conversion is a measurable share of the step.
+    The results are allocated as numpy arrays and wrapped, not allocated as tensors and
+    unwrapped: at a streaming step's scale each conversion is a measurable share of the step.
     """
     hidden = output_shape[-1]
-    threads = torch.get_num_threads()
-    if threads > 1 and source.shape[0] * weight.numel() < _PARALLEL_MIN_MACS:
-        threads = 1
-    per_job = hidden if threads == 1 else -(-hidden // (JOBS_PER_THREAD * threads))
     np_dtype = _NP_DTYPES[source.dtype]
     out, hn = np.empty(output_shape, np_dtype), np.empty(state_shape, np_dtype)
-    args = (
-        _weight_view(weight),
-        _weight_view(bias),
-        source.numpy().reshape(-1, weight.shape[1]),
-        NO_STATE[source.dtype] if h0 is None else h0.numpy().reshape(-1, hidden),
-        out.reshape(-1, hidden),
-        hn.reshape(-1, hidden),
-        hidden,
-        per_job,
-        np_dtype(forget_scale),
-        np_dtype(1),
-        (output_gate, input_gate, h0 is not None),
-    )
-    run_jobs(_step_jobs, args, threads)
+    state = NO_STATE[source.dtype] if h0 is None else h0.contiguous().numpy().reshape(-1, hidden)
+    options = (np_dtype(forget_scale), np_dtype(1), (output_gate, input_gate, h0 is not None))
+    rows = source.numel() // source.shape[-1]
+    if rows == 1 and _BLAS_IN_KERNEL and not torch.are_deterministic_algorithms_enabled():
+        _fused(
+            weight.contiguous().numpy(),
+            np.zeros(weight.shape[0], np_dtype) if bias is None else bias.numpy(),
+            source.contiguous().numpy().reshape(-1),
+            state,
+            out.reshape(1, hidden),
+            hn.reshape(1, hidden),
+            hidden,
+            *options,
+        )
+    else:
+        gates = _product(source.reshape(rows, source.shape[-1]), weight, bias)
+        _gates(gates.numpy(), state, out.reshape(-1, hidden), hn.reshape(-1, hidden), hidden, *options)
     return torch.from_numpy(out), torch.from_numpy(hn)
