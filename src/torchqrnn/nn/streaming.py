@@ -14,7 +14,9 @@ class StreamingQRNN(nn.Module):
 
     ``forward(input, h0, *contexts) -> (output, h_n, *next_contexts)``: the chunk, the cell states and one
     window context per layer go in; the chunk's output, the new cell states and the new contexts come out.
-    Feeding each call's states to the next gives exactly the outputs of the whole sequence. Nothing is
+    Feeding each call's states to the next gives the outputs of the whole sequence to rounding: a chunk's
+    projection sums its terms in another order than the whole sequence's (a few ulps of each gate), and the
+    pooling, a contraction, carries no more than that. Nothing is
     stored on the module and every argument is a tensor, so the signature stays fixed: export it with
     :func:`torchqrnn.export.export_program` or :func:`torchqrnn.export.to_onnx` and drive the exported
     graph step by step (context in, context out). :meth:`initial_state` gives the zeros to start from.

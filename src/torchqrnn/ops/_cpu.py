@@ -34,14 +34,15 @@ from numba import types
 from numba.extending import intrinsic, overload
 from torch import Tensor
 
+from . import thresholds
 from ._numba_cache import njit
 
 # Below this many elements (T * B * H) a call runs on the calling thread alone: waking a helper costs more
 # than it saves (PyTorch's at::parallel_for uses a grain of 32768 elements; a streaming step is far below).
-PARALLEL_MIN_NUMEL = 1 << 16
+PARALLEL_MIN_NUMEL = thresholds.PARALLEL_MIN_NUMEL
 # Columns per job: shorter rows pay the per-row slicing and alias checks on too little work (measured:
 # T=1024, B=1, H=320 split in four jobs of 80 ran slower than one serial job); longer ones help little.
-MIN_CHUNK, MAX_CHUNK = 256, 8192
+MIN_CHUNK, MAX_CHUNK = thresholds.MIN_CHUNK, thresholds.MAX_CHUNK
 # Jobs per thread: threads claim jobs one at a time, so a thread that the OS deschedules holds back only the
 # job it is on, and the others take the rest.
 JOBS_PER_THREAD = 8

@@ -29,13 +29,14 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from . import thresholds
 from ._dispatch import resolve_backend
 
 _CHOICES = ("auto", "onednn", "linear")
 _PRODUCTS = ("forward", "input_grad", "weight_grad")
 # oneDNN reorders a plain weight into its blocked layout on every call: below this many rows (T * B) that
 # costs more than the product saves (measured: 8 ms against MKL's 0.05 ms for one 320-unit step).
-ONEDNN_MIN_ROWS = 256
+ONEDNN_MIN_ROWS = thresholds.ONEDNN_MIN_ROWS
 # The dtypes the probe decides for; others (float64, float16: no oneDNN speed-up here) take F.linear.
 PROBED_DTYPES = (torch.float32, torch.bfloat16)
 _lock = threading.Lock()

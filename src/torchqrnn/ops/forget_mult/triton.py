@@ -41,6 +41,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .. import thresholds
+
 __all__ = ["backward", "choose_chunk", "forward"]
 
 # Software-pipelining depth of the time loops (``tl.range(num_stages=...)``): the loads of the next
@@ -55,14 +57,14 @@ _MIN_BLOCK_H, _MAX_BLOCK_H = 32, 128
 # f and x is 0.4 MB). Chunking costs a summary pass (forward: reading f and x twice, 5 tensor passes
 # instead of 3), so it only pays when it multiplies the parallelism several times. Tune on a GPU with
 # ``python -m torchqrnn.bench.gpu``.
-_CHUNKED_BELOW_COLUMNS = 16384
+_CHUNKED_BELOW_COLUMNS = thresholds.TRITON_CHUNKED_BELOW_COLUMNS
 # Total columns x chunks the chunked schedule aims for, and its shortest chunk: shorter ones spend their
 # time filling the load pipeline and make the sequential walk over chunk carries longer.
-_TARGET_COLUMNS = 65536
-_MIN_CHUNK_STEPS = 32
+_TARGET_COLUMNS = thresholds.TRITON_TARGET_COLUMNS
+_MIN_CHUNK_STEPS = thresholds.TRITON_MIN_CHUNK_STEPS
 # The carries are combined by a sequential walk over the chunks (launch 2), and a grid holds at most 65535
 # chunks: beyond a thousand, more chunks only lengthen that walk.
-_MAX_CHUNKS = 1024
+_MAX_CHUNKS = thresholds.TRITON_MAX_CHUNKS
 
 
 def choose_chunk(steps: int, batch: int, hidden: int) -> int:
