@@ -71,10 +71,10 @@ class QRNNLayer(nn.Module):
         input_size: features of ``x``.
         hidden_size: features of ``h``; defaults to ``input_size``.
         save_prev_x: keep the last ``window - 1`` input steps (detached; the first ones with ``backward``) as
-            the window context of the next call, so that a sequence run in chunks equals it run whole, to rounding
-            (the projection's sums, a few ulps). Call
-            :meth:`reset` at the start of a new sequence. :meth:`forward_stream` does the same without
-            mutating the module (for DataParallel, DDP and ``torch.compile``).
+            the window context of the next call, so that a sequence run in chunks equals it run whole, to
+            rounding (the projection's sums, a few ulps). Call :meth:`reset` at the start of a new sequence.
+            :meth:`forward_stream` does the same without mutating the module (for DataParallel, DDP and
+            ``torch.compile``).
         zoneout: probability of keeping a unit's previous state. Training multiplies ``f`` by a Bernoulli
             ``(1 - zoneout)`` mask (no rescaling); evaluation multiplies ``f`` by ``1 - zoneout``.
         window: width of the convolution over time, any integer >= 1.
