@@ -7,6 +7,7 @@ import torch
 
 from torchqrnn import QRNN, QRNNLayer
 from torchqrnn.nn import layer as layer_module
+from torchqrnn.nn.streaming import StreamingQRNN
 
 F64 = torch.float64
 
@@ -41,12 +42,13 @@ def steps_of(layer: QRNNLayer, x: torch.Tensor, stream: bool, h0: torch.Tensor |
 @pytest.mark.parametrize("backward", [False, True])
 @pytest.mark.parametrize(("output_gate", "input_gate"), [(True, False), (False, False), (True, True)])
 @pytest.mark.parametrize("stream", [False, True])
-def test_steps_equal_the_whole_sequence(window, backward, output_gate, input_gate, stream) -> None:
+@pytest.mark.parametrize("batch", [1, 3])  # batch 1: the stack kernel (BLAS inside); 3: product, then gates
+def test_steps_equal_the_whole_sequence(window, backward, output_gate, input_gate, stream, batch) -> None:
     layer = QRNNLayer(
         5, 7, window=window, backward=backward, output_gate=output_gate, input_gate=input_gate,
         save_prev_x=not stream, zoneout=0.2, dtype=F64,
     ).eval()  # fmt: skip
-    x, h0 = torch.randn(6, 3, 5, dtype=F64), torch.randn(3, 7, dtype=F64)
+    x, h0 = torch.randn(6, batch, 5, dtype=F64), torch.randn(batch, 7, dtype=F64)
     with torch.no_grad():
         whole, h_whole = layer(x, h0)
         layer.reset()
@@ -112,3 +114,74 @@ def test_a_hidden_state_the_generic_path_refuses_is_refused_here_too() -> None:
     layer = QRNNLayer(4, 6).eval()
     with torch.no_grad(), pytest.raises(RuntimeError, match=r"Expected hidden size \(2, 6\) or \(1, 2, 6\)"):
         layer(torch.randn(1, 2, 4), torch.randn(2, 1, 6))  # B * H values, but shaped (B, 1, H)
+
+
+def _stack_kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the calls of the one-call stack step (batch 1), wherever it is reached from."""
+    from torchqrnn.nn import qrnn as qrnn_module
+
+    calls: list[int] = []
+    original = qrnn_module.stack_step
+
+    def counted(plan, *args):
+        calls.append(len(plan.weights))
+        return original(plan, *args)
+
+    monkeypatch.setattr(qrnn_module, "stack_step", counted)
+    monkeypatch.setattr(layer_module, "stack_step", counted)
+    return calls
+
+
+@pytest.mark.parametrize("windows", [[1], [2, 1], [3, 2, 1], [1, 3]])
+@pytest.mark.parametrize(("output_gate", "input_gate"), [(True, False), (False, False), (True, True)])
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_a_batch_1_stack_step_is_one_call_and_equals_the_layer_loop(
+    monkeypatch, windows, output_gate, input_gate, with_h0, dtype
+) -> None:
+    """QRNN steps of batch 1 run every layer in one kernel call; a hook on a layer (which must run) puts
+    them back on the layer loop; both give the same values, states and contexts."""
+    qrnn = QRNN(
+        5, 7, num_layers=len(windows), window=windows, output_gate=output_gate, input_gate=input_gate,
+        zoneout=0.25, dtype=dtype,
+    ).eval()  # fmt: skip
+    stream = StreamingQRNN(qrnn)
+    x = torch.randn(6, 1, 5, dtype=dtype)
+    calls = _stack_kernel_calls(monkeypatch)
+    with torch.no_grad():
+        state = list(stream.initial_state(1))
+        if with_h0:
+            state[0] = torch.randn_like(state[0])
+        start = list(state)
+        fast = []
+        for t in range(6):
+            out, *state = stream(x[t : t + 1], *state)
+            fast.append((out, *state))
+        assert calls == [len(windows)] * 6
+        seen: list[int] = []
+        qrnn.layers[-1].register_forward_hook(lambda module, args, result: seen.append(1))
+        state = start
+        for t in range(6):
+            out, *state = stream(x[t : t + 1], *state)
+            for got, expected in zip((out, *state), fast[t], strict=True):
+                torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    # the hooked stack took the layer loop: each layer's own batch-1 step, one layer a call
+    assert calls == [len(windows)] * 6 + [1] * (6 * len(windows)) and len(seen) == 6
+
+
+def test_stack_step_sees_weights_changed_in_place_and_replaced(monkeypatch) -> None:
+    """The step plan views the weights: in-place changes (through .data too) are read, and new storage
+    (load_state_dict with assign, .data = ...) makes a new plan."""
+    qrnn = QRNN(4, 6, num_layers=2, window=[2, 1]).eval()
+    x = torch.randn(1, 1, 4)
+    calls = _stack_kernel_calls(monkeypatch)
+    with torch.no_grad():
+        qrnn(x)
+        qrnn.layers[0].linear.weight.data.mul_(0.5)
+        halved = qrnn(x)[0]
+        qrnn.layers[1].linear.weight.data = torch.randn(18, 6)
+        replaced = qrnn(x)[0]
+        for layer in qrnn.layers:
+            layer.backend = "reference"  # (the layer loop, F.linear and the plain pooling)
+        torch.testing.assert_close(replaced, qrnn(x)[0])
+    assert len(calls) == 3 and not torch.equal(halved, replaced)

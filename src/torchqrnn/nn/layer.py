@@ -10,11 +10,12 @@ from torch.nn import functional as F
 from torch.nn.modules import module as _module
 from torch.nn.utils.rnn import PackedSequence
 
+from ..ops import thresholds
 from ..ops._autograd import transformed
 from ..ops._dispatch import check_backend, resolve_backend, shape_str
 from ..ops.linear import linear
 from ..ops.qrnn_pool import gate_count, qrnn_pool
-from ..ops.qrnn_step import run_step
+from ..ops.qrnn_step import run_step, stack_available, stack_plan, stack_step
 from ._repr import options_repr
 from ._sequence import autocast_note, check_input, pack_like, state_dtype_ok, unpack
 
@@ -336,17 +337,22 @@ class QRNNLayer(nn.Module):
         ``lengths`` marks later steps of each sequence as padding, which must be zero in ``x``.
         """
         time_dim = 1 if batch_first else 0
+        scale = self._forget_scale()
+        single = x.shape[time_dim] == thresholds.SINGLE_STEP and lengths is None
+        plain = self._one_inference_step(x, context, h0) if single else None
+        if plain is not None and x.shape[1 - time_dim] == 1 and stack_available():
+            # streaming, batch 1: window, product and pooling of the step in one kernel call, no autograd
+            plan = self._step_plan([plain], scale)
+            output, states, contexts = stack_step(plan, x.reshape(-1), [context], h0)
+            return output.view(1, 1, self.hidden_size), states, contexts[0]
         source, new_context = self._window(x, context, time_dim)
-        scale = 1.0 - self.zoneout if self.zoneout > 0.0 and not self.training else 1.0
-        if x.shape[time_dim] == 1 and lengths is None:
-            plain = self._one_inference_step(source, h0)
-            if plain is not None:
-                # streaming: projection and pooling of the single step in one kernel, no autograd
-                output, h_n = run_step(
-                    source, *plain, h0, self.output_gate, self.input_gate, scale, "cpu",
-                    output_shape=(*source.shape[:-1], self.hidden_size),
-                )  # fmt: skip
-                return output, h_n, new_context
+        if plain is not None:
+            # streaming: the product of the single step, then its pooling in one kernel, no autograd
+            output, h_n = run_step(
+                source, *plain, h0, self.output_gate, self.input_gate, scale, "cpu",
+                output_shape=(*source.shape[:-1], self.hidden_size),
+            )  # fmt: skip
+            return output, h_n, new_context
         # (T, B, G*H) or (B, T, G*H), gate blocks [Z; F; O; I]
         gates = self._project(source)
         mask = None
@@ -371,7 +377,9 @@ class QRNNLayer(nn.Module):
         )
         return output, h_n, new_context
 
-    def _one_inference_step(self, source: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor | None] | None:
+    def _one_inference_step(
+        self, x: Tensor, context: Tensor | None, h0: Tensor | None
+    ) -> tuple[Tensor, Tensor | None] | None:
         """The plain projection's ``(weight, bias)`` if :func:`qrnn_step` can run this single step exactly as
         the generic path would: a plain ``nn.Linear``, CPU kernels, float32/64, nothing that requires grad
         (input, context, weight, bias, state), no random mask, no autocast, not tracing, no ``torch.func``
@@ -384,22 +392,42 @@ class QRNNLayer(nn.Module):
             (
                 torch.is_grad_enabled()
                 and (
-                    source.requires_grad
+                    x.requires_grad
                     or weight.requires_grad
                     or (bias is not None and bias.requires_grad)
                     or (h0 is not None and h0.requires_grad)
+                    or (context is not None and context.requires_grad)
                 )
             )
             or (self.training and self.zoneout > 0.0)
-            or source.dtype not in (torch.float32, torch.float64)
-            or weight.dtype != source.dtype
+            or x.dtype not in (torch.float32, torch.float64)
+            or weight.dtype != x.dtype
+            or (context is not None and context.dtype != x.dtype)
             or torch.compiler.is_compiling()
             or transformed()
-            or torch.is_autocast_enabled(source.device.type)
-            or resolve_backend(self.backend, source.device) != "cpu"
+            or torch.is_autocast_enabled(x.device.type)
+            or resolve_backend(self.backend, x.device) != "cpu"
         ):
             return None
         return plain
+
+    def _forget_scale(self) -> float:
+        """What evaluation multiplies ``f`` by: ``1 - zoneout`` (training draws a mask instead: 1)."""
+        return 1.0 - self.zoneout if self.zoneout > 0.0 and not self.training else 1.0
+
+    def _step_plan(self, parameters: list[tuple[Tensor, Tensor | None]], scale: float) -> Any:
+        """The batch-1 step plan of this layer (``qrnn_step.StackPlan``), kept while its weights and options
+        stay."""
+        options = [(self.window, self.backward, self.output_gate, self.input_gate)]
+        plan = self.__dict__.get("_cached_plan")
+        if plan is None or not plan.holds(parameters, options, [scale]):
+            plan = self.__dict__["_cached_plan"] = stack_plan(parameters, options, [scale])
+        return plan
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_cached_plan", None)  # numpy views of the weights: rebuilt on the first step
+        return state
 
     def _window(self, x: Tensor, context: Tensor | None, time_dim: int) -> tuple[Tensor, Tensor]:
         """The convolution's input ``[x_t; x_{t-1}; ...]`` (``[x_t; x_{t+1}; ...]`` backward) and the context

@@ -8,9 +8,12 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.nn.modules import module as _module
 from torch.nn.utils.rnn import PackedSequence
 
+from ..ops import thresholds
 from ..ops._dispatch import check_backend, shape_str
+from ..ops.qrnn_step import stack_available, stack_plan, stack_step
 from ._repr import options_repr
 from ._sequence import autocast_note, pack_like, state_dtype_ok, unpack
 from .layer import QRNNLayer, StackCall
@@ -259,6 +262,19 @@ class QRNN(nn.Module):
         states = self._check_h0(h0, x, batch_first, unbatched)
         if unbatched:
             contexts = [c if c is None or c.dim() != 2 else c.unsqueeze(1) for c in contexts]
+        # (each layer's context against the stack's input: the same batch, device and, under autocast, the
+        # same accepted dtypes as its own input's)
+        contexts = [
+            directions[0]._check_context(c, x, batch_first)
+            for directions, c in zip(stack, contexts, strict=True)
+        ]
+        if lengths is None:
+            stepped = self._single_step(x, states, contexts, stack, batch_first)
+            if stepped is not None:
+                out, h_n, stepped_contexts = stepped
+                if unbatched:
+                    return out.squeeze(1), h_n.squeeze(1), [c.squeeze(1) for c in stepped_contexts]
+                return out, h_n, stepped_contexts
 
         finals: list[Tensor] = []
         new_contexts: list[Tensor] = []
@@ -266,7 +282,7 @@ class QRNN(nn.Module):
             outputs = []
             for direction, layer in enumerate(directions):
                 index = depth * self.num_directions + direction
-                context = layer._check_context(contexts[depth], x, batch_first) if direction == 0 else None
+                context = contexts[depth] if direction == 0 else None
                 state = None if states is None else states[index]
                 # called as a module, so that hooks on a layer run (see QRNNLayer.forward's stack)
                 out, h_n, new_context = layer(x, state, stack=StackCall(context, lengths, batch_first))
@@ -284,6 +300,56 @@ class QRNN(nn.Module):
         if unbatched:
             return x.squeeze(1), h_n.squeeze(1), [c.squeeze(1) for c in new_contexts]
         return x, h_n, new_contexts
+
+    def _single_step(
+        self,
+        x: Tensor,
+        states: Tensor | None,
+        contexts: list[Tensor | None],
+        stack: list[list[QRNNLayer]],
+        batch_first: bool,
+    ) -> tuple[Tensor, Tensor, list[Tensor]] | None:
+        """One batch-1 inference step through the whole stack in one kernel call (``qrnn_step.stack_step``):
+        no per-layer module dispatch, the weights' views kept from step to step. Only where each layer would
+        take its own single-step path (:meth:`QRNNLayer._one_inference_step` decides, for each) and calling
+        the layers as modules could change nothing (no hooks on them); None otherwise (the layer loop)."""
+        time_dim = 1 if batch_first else 0
+        if (
+            x.shape[time_dim] != thresholds.SINGLE_STEP
+            or x.shape[1 - time_dim] != 1
+            or self.bidirectional
+            or (self.training and self.dropout)
+            or _module._global_forward_hooks
+            or _module._global_forward_pre_hooks
+        ):
+            return None
+        parameters = []
+        for directions, context in zip(stack, contexts, strict=True):
+            layer = directions[0]
+            if layer._forward_hooks or layer._forward_pre_hooks:
+                return None
+            plain = layer._one_inference_step(x, context, None if states is None else states[0])
+            if plain is None:
+                return None
+            parameters.append(plain)
+        if not stack_available():
+            return None
+        layers = [directions[0] for directions in stack]
+        options = [(layer.window, False, layer.output_gate, layer.input_gate) for layer in layers]
+        scales = [
+            1.0 - layer.zoneout if layer.zoneout > 0.0 and not layer.training else 1.0 for layer in layers
+        ]
+        plan = self.__dict__.get("_cached_plan")
+        if plan is None or not plan.holds(parameters, options, scales):
+            plan = self.__dict__["_cached_plan"] = stack_plan(parameters, options, scales)
+        h0 = None if states is None else states.reshape(len(layers), self.hidden_size)
+        output, h_n, new_contexts = stack_step(plan, x.reshape(-1), contexts, h0)
+        return output.view(1, 1, self.hidden_size), h_n.view(len(layers), 1, self.hidden_size), new_contexts
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_cached_plan", None)  # numpy views of the weights: rebuilt on the first step
+        return state
 
     def _check_h0(self, h0: Tensor | None, x: Tensor, batch_first: bool, unbatched: bool) -> Tensor | None:
         if h0 is None:

@@ -9,6 +9,8 @@ steps on CPU when no gradient is needed, and the two-op path (projection, then
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -16,7 +18,7 @@ from .._dispatch import check_backend, check_state, check_tensor, kernel_module,
 from ..qrnn_pool import gate_count
 from .reference import qrnn_step_reference
 
-__all__ = ["qrnn_step", "qrnn_step_reference", "run_step"]
+__all__ = ["qrnn_step", "qrnn_step_reference", "run_step", "stack_available", "stack_plan", "stack_step"]
 
 KERNELS = ("cpu",)
 
@@ -109,3 +111,28 @@ def run_step(
         output_shape,
         state_shape,
     )
+
+
+def stack_available() -> bool:
+    """Whether :func:`stack_step` runs here (torch's BLAS reachable from numba, no deterministic mode)."""
+    return bool(kernel_module(__name__, "cpu").stack_available())
+
+
+def stack_plan(
+    parameters: list[tuple[Tensor, Tensor | None]],
+    options: list[tuple[int, bool, bool, bool]],
+    scales: list[float],
+) -> Any:
+    """A plan for :func:`stack_step` of a stack of layers (batch 1, CPU, float32/64) whose checked, plain
+    projections are ``parameters`` (``(weight, bias)`` per layer), with ``options`` ``(window, backward,
+    output_gate, input_gate)`` and forget ``scales`` per layer. Keep it while ``plan.holds(...)``."""
+    return kernel_module(__name__, "cpu").StackPlan(parameters, options, scales)
+
+
+def stack_step(
+    plan: Any, x: Tensor, contexts: list[Tensor | None], h0: Tensor | None
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """One batch-1 inference step through every layer of ``plan`` in one kernel call, for callers that
+    checked their arguments: ``x`` (I,), ``contexts[l]`` (w_l - 1, 1, I_l) or None for zeros, ``h0`` (L, H)
+    or None. Returns ``(output (H,), states (L, H), next contexts (w_l - 1, 1, I_l))``."""
+    return kernel_module(__name__, "cpu").stack_step(plan, x, contexts, h0)

@@ -31,34 +31,88 @@ _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 @njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", inline="always")
-def _pool_row(row, h0, b, out, hn, hidden, scale, one, flags):  # pragma: no cover - numba
-    """The pooling of batch row ``b`` from its pre-activation gates ``row`` (G*H): ``_forward_row`` of the
-    pooling kernel, term for term, so that a step rounds as the generic path's pooling does."""
-    output_gate, input_gate, has_h0 = flags
+def _pool_row(row, c_prev, has_prev, out, hn, hidden, scale, one, output_gate, input_gate):
+    # pragma: no cover - numba
+    """The pooling of one batch row from its pre-activation gates ``row`` (G*H) and previous state
+    ``c_prev`` (H; zeros when not ``has_prev``): ``_forward_row`` of the pooling kernel, term for term, so
+    that a step rounds as the generic path's pooling does."""
     i_row = row.shape[0] - hidden
     for u in range(hidden):
         z = tanh(row[u])
         f = sigmoid(row[hidden + u]) * scale
         i = sigmoid(row[i_row + u]) if input_gate else f
-        c = i * z + (one - f) * (h0[b, u] if has_h0 else one - one)
-        hn[b, u] = c
-        out[b, u] = sigmoid(row[2 * hidden + u]) * c if output_gate else c
+        c = i * z + (one - f) * (c_prev[u] if has_prev else one - one)
+        hn[u] = c
+        out[u] = sigmoid(row[2 * hidden + u]) * c if output_gate else c
 
 
 @njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
 def _gates(gates, h0, out, hn, hidden, scale, one, flags):  # pragma: no cover - numba
     """The pooling of every row of ``gates`` (B, G*H), computed by the caller's product."""
+    output_gate, input_gate, has_h0 = flags
     for b in range(gates.shape[0]):
-        _pool_row(gates[b], h0, b, out, hn, hidden, scale, one, flags)
+        _pool_row(
+            gates[b],
+            h0[b if has_h0 else 0],
+            has_h0,
+            out[b],
+            hn[b],
+            hidden,
+            scale,
+            one,
+            output_gate,
+            input_gate,
+        )
 
 
 @njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
-def _fused(weight, bias, x, h0, out, hn, hidden, scale, one, flags):  # pragma: no cover - numba
-    """A batch-1 step in one call: the gates ``bias + weight @ x`` by torch's BLAS (``_blas.gemv``, as
-    ``torch.addmv`` computes them), then their pooling."""
-    row = bias.copy()
-    gemv(weight, x, row)
-    _pool_row(row, h0, 0, out, hn, hidden, scale, one, flags)
+def _stack(weights, biases, x, contexts, h0, out, hn, new_contexts, options, scales, one, has_h0):
+    # pragma: no cover - numba
+    """One batch-1 step through a stack of layers, in one call.
+
+    Per layer ``l``: ``weights[l]`` (G*H, w*I) C-contiguous and ``biases[l]`` (G*H,); ``contexts[l]`` the
+    window context (w - 1, I) and ``new_contexts[l]`` where the next one goes; ``options[l]`` = (window,
+    backward, output_gate, input_gate), ``scales[l]`` the forget scale. ``x`` (I,) is the first layer's
+    input, ``h0`` (L, H) the states (unread unless ``has_h0``); ``out`` (H,) gets the last layer's output and
+    ``hn`` (L, H) every layer's new state. Each layer builds its window ``[x_t; x_{t-1}; ...]`` (``[x_t;
+    x_{t+1}; ...]`` backward) from its input and context, takes its gates ``bias + W source`` from torch's
+    BLAS (``_blas.gemv``, as ``torch.addmv`` computes them), pools them, and hands its output up.
+    """
+    layer_input = x
+    last = len(weights) - 1
+    for layer in range(len(weights)):
+        weight, context, next_context = weights[layer], contexts[layer], new_contexts[layer]
+        window, backward, output_gate, input_gate = options[layer]
+        size = layer_input.shape[0]
+        source = np.empty(window * size, weight.dtype)
+        source[:size] = layer_input
+        for k in range(1, window):
+            # the context ends with x_{t-1} (forward); backward it starts with x_{t+1}
+            source[k * size : (k + 1) * size] = context[k - 1] if backward else context[window - 1 - k]
+        if window > 1:
+            if backward:
+                next_context[0] = layer_input
+                next_context[1:] = context[: window - 2]
+            else:
+                next_context[: window - 2] = context[1:]
+                next_context[window - 2] = layer_input
+        gates = biases[layer].copy()
+        gemv(weight, source, gates)
+        hidden = hn.shape[1]
+        layer_output = out if layer == last else np.empty(hidden, weight.dtype)
+        _pool_row(
+            gates,
+            h0[layer],
+            has_h0,
+            layer_output,
+            hn[layer],
+            hidden,
+            scales[layer],
+            one,
+            output_gate,
+            input_gate,
+        )
+        layer_input = layer_output
 
 
 def _product(source: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -81,29 +135,121 @@ def step(
     output_shape: tuple[int, ...],
     state_shape: tuple[int, ...],
 ) -> tuple[Tensor, Tensor]:
-    """``(output, state)`` of the shapes asked for (B rows of H) from ``source`` (B rows of K).
+    """``(output, state)`` of the shapes asked for (B rows of H) from ``source`` (B rows of K): torch's
+    product (a batch of one by :func:`stack_step` with one window-1 layer instead, where it can), then the
+    gates kernel.
 
-    The results are allocated as numpy arrays and wrapped, not allocated as tensors and
-    unwrapped: at a streaming step's scale each conversion is a measurable share of the step.
+    The results are allocated as numpy arrays and wrapped, not allocated as tensors and unwrapped: at a
+    streaming step's scale each conversion is a measurable share of the step.
     """
     hidden = output_shape[-1]
     np_dtype = _NP_DTYPES[source.dtype]
-    out, hn = np.empty(output_shape, np_dtype), np.empty(state_shape, np_dtype)
-    state = NO_STATE[source.dtype] if h0 is None else h0.contiguous().numpy().reshape(-1, hidden)
-    options = (np_dtype(forget_scale), np_dtype(1), (output_gate, input_gate, h0 is not None))
     rows = source.numel() // source.shape[-1]
-    if rows == 1 and _BLAS_IN_KERNEL and not torch.are_deterministic_algorithms_enabled():
-        _fused(
-            weight.contiguous().numpy(),
-            np.zeros(weight.shape[0], np_dtype) if bias is None else bias.numpy(),
-            source.contiguous().numpy().reshape(-1),
-            state,
-            out.reshape(1, hidden),
-            hn.reshape(1, hidden),
-            hidden,
-            *options,
-        )
-    else:
-        gates = _product(source.reshape(rows, source.shape[-1]), weight, bias)
-        _gates(gates.numpy(), state, out.reshape(-1, hidden), hn.reshape(-1, hidden), hidden, *options)
+    if rows == 1 and stack_available():
+        plan = StackPlan([(weight, bias)], [(1, False, output_gate, input_gate)], [forget_scale])
+        state = None if h0 is None else h0.reshape(1, hidden)
+        output, states, _ = stack_step(plan, source.reshape(-1), [None], state)
+        return output.view(output_shape), states.view(state_shape)
+    out, hn = np.empty(output_shape, np_dtype), np.empty(state_shape, np_dtype)
+    rows_h0 = NO_STATE[source.dtype] if h0 is None else h0.contiguous().numpy().reshape(-1, hidden)
+    gates = _product(source.reshape(rows, source.shape[-1]), weight, bias)
+    flags = (output_gate, input_gate, h0 is not None)
+    _gates(
+        gates.numpy(),
+        rows_h0,
+        out.reshape(-1, hidden),
+        hn.reshape(-1, hidden),
+        hidden,
+        np_dtype(forget_scale),
+        np_dtype(1),
+        flags,
+    )
     return torch.from_numpy(out), torch.from_numpy(hn)
+
+
+def stack_available() -> bool:
+    """Whether :func:`stack_step` may run: torch's BLAS is reachable from the kernel, and no deterministic
+    algorithms are asked for (then a step takes the generic path's ``F.linear``, for the same bits)."""
+    return _BLAS_IN_KERNEL and not torch.are_deterministic_algorithms_enabled()
+
+
+class StackPlan:
+    """What :func:`stack_step` needs of a stack of layers that does not change from step to step: numpy
+    views of the weights (views, not copies: in-place changes, ``.data`` ones included, are seen) and the
+    layers' options. :meth:`holds` tells whether the plan still views the given parameters' storage."""
+
+    def __init__(
+        self,
+        parameters: list[tuple[Tensor, Tensor | None]],
+        options: list[tuple[int, bool, bool, bool]],
+        scales: list[float],
+    ) -> None:
+        dtype = parameters[0][0].dtype
+        np_dtype = _NP_DTYPES[dtype]
+        self.parameters = parameters
+        self.key = (tuple(options), tuple(scales))
+        self.pointers = [(w.data_ptr(), None if b is None else b.data_ptr()) for w, b in parameters]
+        self.weights = tuple(w.detach().contiguous().numpy() for w, _ in parameters)
+        self.biases = tuple(
+            np.zeros(w.shape[0], np_dtype) if b is None else b.detach().numpy() for w, b in parameters
+        )
+        self.options = tuple((int(o[0]), bool(o[1]), bool(o[2]), bool(o[3])) for o in options)
+        self.scales = np.array(scales, np_dtype)
+        self.one = np_dtype(1)
+        self.dtype = dtype
+        self.hidden = parameters[-1][0].shape[0] // (2 + options[-1][2] + options[-1][3])
+        self.sizes = [w.shape[1] // o[0] for (w, _), o in zip(parameters, options, strict=True)]
+        self.zero_contexts = tuple(
+            np.zeros((o[0] - 1, size), np_dtype) for o, size in zip(options, self.sizes, strict=True)
+        )
+
+    def holds(
+        self,
+        parameters: list[tuple[Tensor, Tensor | None]],
+        options: list[tuple[int, bool, bool, bool]],
+        scales: list[float],
+    ) -> bool:
+        """Whether the plan was made for these parameters, with their storage where it was, and options."""
+        if self.key != (tuple(options), tuple(scales)):
+            return False
+        for (w, b), (w0, b0), (pw, pb) in zip(parameters, self.parameters, self.pointers, strict=True):
+            if w is not w0 or b is not b0 or w.data_ptr() != pw or (b is not None and b.data_ptr() != pb):
+                return False
+        return True
+
+
+def stack_step(
+    plan: StackPlan, x: Tensor, contexts: list[Tensor | None], h0: Tensor | None
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """One batch-1 step through the planned stack: ``x`` (I,); ``contexts[l]`` (w_l - 1, 1, I_l) or None
+    for zeros; ``h0`` (L, H) or None. Returns ``(output (H,), states (L, H), next contexts (w_l - 1, 1,
+    I_l))``."""
+    np_dtype = _NP_DTYPES[plan.dtype]
+    count = len(plan.weights)
+    out, hn = np.empty(plan.hidden, np_dtype), np.empty((count, plan.hidden), np_dtype)
+    spans = [o[0] - 1 for o in plan.options]
+    flat = np.empty(sum(span * size for span, size in zip(spans, plan.sizes, strict=True)), np_dtype)
+    next_contexts, start = [], 0
+    for span, size in zip(spans, plan.sizes, strict=True):
+        next_contexts.append(flat[start : start + span * size].reshape(span, size))
+        start += span * size
+    context_arrays = tuple(
+        zeros if c is None else c.contiguous().numpy().reshape(zeros.shape)
+        for c, zeros in zip(contexts, plan.zero_contexts, strict=True)
+    )
+    _stack(
+        plan.weights,
+        plan.biases,
+        x.contiguous().numpy(),
+        context_arrays,
+        NO_STATE[plan.dtype] if h0 is None else h0.contiguous().numpy(),
+        out,
+        hn,
+        tuple(next_contexts),
+        plan.options,
+        plan.scales,
+        plan.one,
+        h0 is not None,
+    )
+    contexts_out = [torch.from_numpy(c).unsqueeze(1) for c in next_contexts]
+    return torch.from_numpy(out), torch.from_numpy(hn), contexts_out
