@@ -249,38 +249,77 @@ def long_sequence_training(run: Run) -> dict[str, Any]:
     return result
 
 
+def matvec_floor(weight: torch.Tensor, bias: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """Every way torch computes ``bias + weight @ x`` for one x: the candidates for a step's floor, the
+    fastest of which (on the running machine, timed in the same rounds) is the floor."""
+    x, row = torch.randn(weight.shape[1], device=weight.device), torch.randn(1, weight.shape[1])
+    candidates: dict[str, Callable[[], object]] = {
+        "mv": lambda: torch.mv(weight, x),
+        "addmv": lambda: torch.addmv(bias, weight, x),
+        "linear": lambda: torch.nn.functional.linear(row, weight, bias),
+    }
+    if weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
+        candidates["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(row, weight, bias, "none", [], "")
+    return candidates
+
+
 def streaming(run: Run) -> dict[str, Any]:
-    """Latency of one step at batch 1: a QRNN layer fed T = 1 chunks vs the LSTM and GRU cells."""
+    """Latency of one step at batch 1, at 1 and 2 threads: a QRNN layer (windows 1 and 2) fed T = 1 chunks
+    against its floor, the fastest matrix-vector product of the same weights that torch has (``mv``,
+    ``addmv``, ``F.linear``, oneDNN; timed in the same rounds), and against the LSTM and GRU cells."""
     size, device = 320, run.device
-    run.heading(f"Streaming, batch 1, {size} units, one step per call")
-    layer = QRNNLayer(size, size, device=device).eval()
+    run.heading(f"Streaming, batch 1, {size} units, one step per call, against its floor")
+    run.print(f"   CPU: {machine_info()['cpu']}")
     lstm, gru = nn.LSTMCell(size, size, device=device), nn.GRUCell(size, size, device=device)
     x_t, h, c = (torch.randn(1, size, device=device) for _ in range(3))
     x_seq, state = x_t.unsqueeze(0), torch.zeros(1, size, device=device)
-    # a step is ~50 us: many rounds of longer samples, so that the machine's drift averages out
+    # a step is tens of us: many rounds of longer samples, so that the machine's drift averages out
     budget = Budget(max(run.budget.rounds, 15), run.budget.min_seconds * 2.5)
-    with torch.no_grad():
-        samples = run.time(
-            {
-                "qrnn": run.timed(lambda: layer(x_seq, state)),
-                "lstm_cell": run.timed(lambda: lstm(x_t, (h, c))),
-                "gru_cell": run.timed(lambda: gru(x_t, h)),
-                "matvec": run.timed(lambda: linear(x_t, layer.linear.weight, layer.linear.bias)),
-            },
-            budget=budget,
-        )
-    result: dict[str, Any] = {
-        "us": {name: s.median * 1e6 for name, s in samples.items()},
-        "lstm_cell_over_qrnn": ratio(samples["lstm_cell"], samples["qrnn"]),
-        "gru_cell_over_qrnn": ratio(samples["gru_cell"], samples["qrnn"]),
-        "qrnn_over_matvec": ratio(samples["qrnn"], samples["matvec"]),
-    }
-    run.print("   " + ", ".join(f"{name} {us:.1f} us" for name, us in result["us"].items()))
-    run.print(
-        f"   nn.LSTMCell / QRNN = {result['lstm_cell_over_qrnn']:.2f}x, nn.GRUCell / QRNN = "
-        f"{result['gru_cell_over_qrnn']:.2f}x; a QRNN step costs {result['qrnn_over_matvec']:.2f}x its "
-        "matrix-vector product"
-    )
+    before = torch.get_num_threads()
+    result: dict[str, Any] = {"cpu": machine_info()["cpu"], "threads": {}}
+    try:
+        for threads in sorted({1, min(2, before)}):
+            torch.set_num_threads(threads)
+            figures: dict[str, Any] = {}
+            for window in (1, 2):
+                layer = QRNNLayer(size, size, window=window, device=device).eval()
+                weight, bias = layer.linear.weight.detach(), layer.linear.bias.detach()
+                floors = {f"floor_{n}": fn for n, fn in matvec_floor(weight, bias).items()}
+
+                def step(layer: QRNNLayer = layer) -> object:
+                    return layer(x_seq, state)
+
+                candidates = {"qrnn": run.timed(step), **floors}
+                if window == 1:
+                    candidates["lstm_cell"] = run.timed(lambda: lstm(x_t, (h, c)))
+                    candidates["gru_cell"] = run.timed(lambda: gru(x_t, h))
+                with torch.no_grad():
+                    samples = run.time(candidates, budget=budget)
+                floor = min(floors, key=lambda n: samples[n].median)
+                row: dict[str, Any] = {
+                    "us": {name: s.median * 1e6 for name, s in samples.items()},
+                    "floor": floor.removeprefix("floor_"),
+                    "qrnn_over_floor": ratio(samples["qrnn"], samples[floor]),
+                }
+                if window == 1:
+                    row["lstm_cell_over_qrnn"] = ratio(samples["lstm_cell"], samples["qrnn"])
+                    row["gru_cell_over_qrnn"] = ratio(samples["gru_cell"], samples["qrnn"])
+                figures[f"window_{window}"] = row
+                shape = f"{weight.shape[0]} x {weight.shape[1]}"
+                cells = (
+                    f"; nn.LSTMCell {row['us']['lstm_cell']:6.1f} us = {row['lstm_cell_over_qrnn']:5.2f}x "
+                    f"the QRNN step, nn.GRUCell {row['gru_cell_over_qrnn']:5.2f}x"
+                    if window == 1
+                    else ""
+                )
+                run.print(
+                    f"   {threads} thread{'s' if threads > 1 else ' '}, window {window}: QRNNLayer step "
+                    f"{row['us']['qrnn']:6.1f} us, floor ({row['floor']} {shape}) "
+                    f"{row['us'][floor]:6.1f} us: {row['qrnn_over_floor']:5.2f}x the floor{cells}"
+                )
+            result["threads"][threads] = figures
+    finally:
+        torch.set_num_threads(before)
     return result
 
 
@@ -434,6 +473,18 @@ def stream_step_candidates(size: int, device: torch.device) -> dict[str, Callabl
         h, _ = cell1(x[0], hc)
         cell2(h, hc)
 
+    # the floors: each layer's matrix-vector product (addmv, as fast as any of torch's on both CPUs seen)
+    layers: list[QRNNLayer] = list(qrnn2.layers)  # type: ignore[arg-type]
+    products = [(layer.linear.weight.detach(), layer.linear.bias.detach()) for layer in layers]
+    inputs = [torch.randn(w.shape[1], device=device) for w, _ in products]
+
+    def floor(count: int) -> Callable[[], None]:
+        def run() -> None:
+            for (weight, bias), source in zip(products[:count], inputs[:count], strict=True):
+                torch.addmv(bias, weight, source)
+
+        return run
+
     return {
         "qrnn_layer": lambda: layer(x),
         "qrnn_1": lambda: qrnn1(x),
@@ -441,6 +492,8 @@ def stream_step_candidates(size: int, device: torch.device) -> dict[str, Callabl
         "streaming_qrnn_2": lambda: streamer(x, *state),
         "lstm_cell_1": lambda: cell1(x[0], hc),
         "lstm_cell_2": two_cells,
+        "floor_1": floor(1),
+        "floor_2": floor(2),
     }
 
 
@@ -464,6 +517,11 @@ def streaming_modules(run: Run) -> dict[str, Any]:
         "lstm_cell_2_over_qrnn_2": ratio(samples["lstm_cell_2"], samples["qrnn_2"]),
         "lstm_cell_2_over_streaming_qrnn_2": ratio(samples["lstm_cell_2"], samples["streaming_qrnn_2"]),
         "qrnn_1_over_layer": ratio(samples["qrnn_1"], samples["qrnn_layer"]),
+        "qrnn_layer_over_floor": ratio(samples["qrnn_layer"], samples["floor_1"]),
+        "qrnn_1_over_floor": ratio(samples["qrnn_1"], samples["floor_1"]),
+        "qrnn_2_over_floors": ratio(samples["qrnn_2"], samples["floor_2"]),
+        "streaming_qrnn_2_over_floors": ratio(samples["streaming_qrnn_2"], samples["floor_2"]),
+        "cpu": machine_info()["cpu"],
     }
     run.print("   median of rounds: " + ", ".join(f"{n} {us:.1f} us" for n, us in result["us"].items()))
     run.print(
@@ -475,6 +533,12 @@ def streaming_modules(run: Run) -> dict[str, Any]:
         f"QRNN(2 layers) = {result['lstm_cell_2_over_qrnn_2']:.2f}x, / StreamingQRNN(2 layers) = "
         f"{result['lstm_cell_2_over_streaming_qrnn_2']:.2f}x; QRNN(1 layer) / QRNNLayer = "
         f"{result['qrnn_1_over_layer']:.2f}x"
+    )
+    run.print(
+        f"   against the floors (each layer's matrix-vector product, summed; CPU: {result['cpu']}): "
+        f"QRNNLayer {result['qrnn_layer_over_floor']:.2f}x, "
+        f"QRNN(1 layer) {result['qrnn_1_over_floor']:.2f}x, QRNN(2 layers) {result['qrnn_2_over_floors']:.2f}x, StreamingQRNN(2 layers) "
+        f"{result['streaming_qrnn_2_over_floors']:.2f}x"
     )
     return result
 
