@@ -537,8 +537,9 @@ def streaming_modules(run: Run) -> dict[str, Any]:
     run.print(
         f"   against the floors (each layer's matrix-vector product, summed; CPU: {result['cpu']}): "
         f"QRNNLayer {result['qrnn_layer_over_floor']:.2f}x, "
-        f"QRNN(1 layer) {result['qrnn_1_over_floor']:.2f}x, QRNN(2 layers) {result['qrnn_2_over_floors']:.2f}x, StreamingQRNN(2 layers) "
-        f"{result['streaming_qrnn_2_over_floors']:.2f}x"
+        f"QRNN(1 layer) {result['qrnn_1_over_floor']:.2f}x, "
+        f"QRNN(2 layers) {result['qrnn_2_over_floors']:.2f}x, "
+        f"StreamingQRNN(2 layers) {result['streaming_qrnn_2_over_floors']:.2f}x"
     )
     return result
 
