@@ -185,3 +185,53 @@ def test_stack_step_sees_weights_changed_in_place_and_replaced(monkeypatch) -> N
             layer.backend = "reference"  # (the layer loop, F.linear and the plain pooling)
         torch.testing.assert_close(replaced, qrnn(x)[0])
     assert len(calls) == 3 and not torch.equal(halved, replaced)
+
+
+@pytest.mark.parametrize(
+    ("output_gate", "input_gate"), [(True, False), (False, False), (True, True), (False, True)]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_the_pooling_of_one_step_is_the_pooling_op_bit_for_bit(output_gate, input_gate, dtype, batch_first):
+    """After a projection called as its module (quantized, hooked, patched), a single step is pooled by the
+    step's gates kernel, which must give exactly the pooling op's bits."""
+    from torchqrnn.ops.qrnn_pool import qrnn_pool
+    from torchqrnn.ops.qrnn_step import pool_step
+
+    count = 2 + output_gate + input_gate
+    for batch in (1, 3):
+        gates = (
+            3 * torch.randn(batch, 1, count * 9, dtype=dtype)
+            if batch_first
+            else 3 * torch.randn(1, batch, count * 9, dtype=dtype)
+        )
+        for h0 in (torch.randn(batch, 9, dtype=dtype), None):
+            options = dict(output_gate=output_gate, input_gate=input_gate)
+            got = pool_step(gates, h0, output_gate, input_gate, 0.75)
+            expected = qrnn_pool(gates, h0, forget_scale=0.75, batch_first=batch_first, **options)
+            assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def test_a_quantized_layer_steps_through_its_module_then_the_step_pooling(monkeypatch) -> None:
+    """Dynamic int8 quantizes each call's activations with their own scale, so steps are compared with
+    steps: the step pooling against the plain reference pooling after the same quantized products."""
+    qrnn = QRNN(8, 12, num_layers=2, window=[2, 1]).eval()
+    quantized = torch.ao.quantization.quantize_dynamic(qrnn, {torch.nn.Linear}, dtype=torch.qint8)
+    x = torch.randn(5, 1, 8)
+
+    def steps() -> tuple[torch.Tensor, torch.Tensor]:
+        outputs, h = [], None
+        with torch.no_grad():
+            for t in range(5):
+                out, h = quantized(x[t : t + 1], h)
+                outputs.append(out)
+        return torch.cat(outputs), h
+
+    monkeypatch.setattr(layer_module, "qrnn_pool", lambda *a, **k: pytest.fail("the pooling op was called"))
+    fast, h_fast = steps()
+    monkeypatch.undo()
+    for layer in quantized.layers:
+        layer.backend = "reference"
+    slow, h_slow = steps()
+    torch.testing.assert_close(fast, slow, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(h_fast, h_slow, rtol=1e-6, atol=1e-6)

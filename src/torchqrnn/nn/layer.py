@@ -15,7 +15,7 @@ from ..ops._autograd import transformed
 from ..ops._dispatch import check_backend, resolve_backend, shape_str
 from ..ops.linear import linear
 from ..ops.qrnn_pool import gate_count, qrnn_pool
-from ..ops.qrnn_step import run_step, stack_available, stack_plan, stack_step
+from ..ops.qrnn_step import pool_step, run_step, stack_available, stack_plan, stack_step
 from ._repr import options_repr
 from ._sequence import autocast_note, check_input, pack_like, state_dtype_ok, unpack
 
@@ -355,6 +355,11 @@ class QRNNLayer(nn.Module):
             return output, h_n, new_context
         # (T, B, G*H) or (B, T, G*H), gate blocks [Z; F; O; I]
         gates = self._project(source)
+        if single and self._inference_step_ok(gates, (gates, h0)):
+            # a projection called as its module (quantized, hooked, ...), then the pooling of the one step
+            # by the step's gates kernel: the pooling op's arithmetic, without its dispatch
+            output, h_n = pool_step(gates, h0, self.output_gate, self.input_gate, scale)
+            return output, h_n, new_context
         mask = None
         if self.zoneout > 0.0 and self.training:
             mask = torch.empty(
@@ -381,35 +386,31 @@ class QRNNLayer(nn.Module):
         self, x: Tensor, context: Tensor | None, h0: Tensor | None
     ) -> tuple[Tensor, Tensor | None] | None:
         """The plain projection's ``(weight, bias)`` if :func:`qrnn_step` can run this single step exactly as
-        the generic path would: a plain ``nn.Linear``, CPU kernels, float32/64, nothing that requires grad
-        (input, context, weight, bias, state), no random mask, no autocast, not tracing, no ``torch.func``
-        transform. None otherwise."""
+        the generic path would: a plain ``nn.Linear`` and what :meth:`_inference_step_ok` asks of the
+        input, context, state and weights. None otherwise."""
         plain = self._plain_linear()
-        if plain is None:
-            return None
-        weight, bias = plain
-        if (
-            (
-                torch.is_grad_enabled()
-                and (
-                    x.requires_grad
-                    or weight.requires_grad
-                    or (bias is not None and bias.requires_grad)
-                    or (h0 is not None and h0.requires_grad)
-                    or (context is not None and context.requires_grad)
-                )
-            )
-            or (self.training and self.zoneout > 0.0)
-            or x.dtype not in (torch.float32, torch.float64)
-            or weight.dtype != x.dtype
-            or (context is not None and context.dtype != x.dtype)
-            or torch.compiler.is_compiling()
-            or transformed()
-            or torch.is_autocast_enabled(x.device.type)
-            or resolve_backend(self.backend, x.device) != "cpu"
-        ):
+        if plain is None or not self._inference_step_ok(x, (x, context, h0, *plain)):
             return None
         return plain
+
+    def _inference_step_ok(self, like: Tensor, tensors: tuple[Tensor | None, ...]) -> bool:
+        """Whether a single step may skip autograd and the pooling op for the step kernels: nothing among
+        ``tensors`` requires grad (where grad is on), all float32/64 like ``like``, no random mask, no
+        autocast, not tracing, no ``torch.func`` transform, the CPU kernels. The one decision for the
+        fused step (:meth:`_one_inference_step`) and for the pooling of one step after a called projection."""
+        dtype = like.dtype
+        if dtype not in (torch.float32, torch.float64) or (self.training and self.zoneout > 0.0):
+            return False
+        grad = torch.is_grad_enabled()
+        for t in tensors:
+            if t is not None and (t.dtype != dtype or (grad and t.requires_grad)):
+                return False
+        return not (
+            torch.compiler.is_compiling()
+            or transformed()
+            or torch.is_autocast_enabled(like.device.type)
+            or resolve_backend(self.backend, like.device) != "cpu"
+        )
 
     def _forget_scale(self) -> float:
         """What evaluation multiplies ``f`` by: ``1 - zoneout`` (training draws a mask instead: 1)."""

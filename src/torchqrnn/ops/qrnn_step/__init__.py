@@ -18,7 +18,15 @@ from .._dispatch import check_backend, check_state, check_tensor, kernel_module,
 from ..qrnn_pool import gate_count
 from .reference import qrnn_step_reference
 
-__all__ = ["qrnn_step", "qrnn_step_reference", "run_step", "stack_available", "stack_plan", "stack_step"]
+__all__ = [
+    "pool_step",
+    "qrnn_step",
+    "qrnn_step_reference",
+    "run_step",
+    "stack_available",
+    "stack_plan",
+    "stack_step",
+]
 
 KERNELS = ("cpu",)
 
@@ -136,3 +144,13 @@ def stack_step(
     checked their arguments: ``x`` (I,), ``contexts[l]`` (w_l - 1, 1, I_l) or None for zeros, ``h0`` (L, H)
     or None. Returns ``(output (H,), states (L, H), next contexts (w_l - 1, 1, I_l))``."""
     return kernel_module(__name__, "cpu").stack_step(plan, x, contexts, h0)
+
+
+def pool_step(
+    gates: Tensor, h0: Tensor | None, output_gate: bool, input_gate: bool, forget_scale: float
+) -> tuple[Tensor, Tensor]:
+    """The pooling of one time step from its checked pre-activation ``gates`` (``(1, B, G*H)`` or
+    ``(B, 1, G*H)``, float32/64, on CPU) and state ``h0`` ``(B, H)`` or None, by the step's gates kernel (the
+    pooling kernel's arithmetic, term for term), for callers that decided no autograd is needed. Returns
+    ``(output like gates with H features, h_n (B, H))``."""
+    return kernel_module(__name__, "cpu").pool_step(gates, h0, output_gate, input_gate, forget_scale)

@@ -167,6 +167,21 @@ def step(
     return torch.from_numpy(out), torch.from_numpy(hn)
 
 
+def pool_step(
+    gates: Tensor, h0: Tensor | None, output_gate: bool, input_gate: bool, forget_scale: float
+) -> tuple[Tensor, Tensor]:
+    """See ``qrnn_step.pool_step``: the gates kernel on one step's gates, any layout of its B rows."""
+    hidden = gates.shape[-1] // (2 + output_gate + input_gate)
+    batch = gates.numel() // gates.shape[-1]
+    np_dtype = _NP_DTYPES[gates.dtype]
+    out, hn = np.empty((*gates.shape[:-1], hidden), np_dtype), np.empty((batch, hidden), np_dtype)
+    rows_h0 = NO_STATE[gates.dtype] if h0 is None else h0.contiguous().numpy()
+    flags = (output_gate, input_gate, h0 is not None)
+    rows = gates.detach().reshape(batch, gates.shape[-1]).contiguous().numpy()
+    _gates(rows, rows_h0, out.reshape(batch, hidden), hn, hidden, np_dtype(forget_scale), np_dtype(1), flags)
+    return torch.from_numpy(out), torch.from_numpy(hn)
+
+
 def stack_available() -> bool:
     """Whether :func:`stack_step` may run: torch's BLAS is reachable from the kernel, and no deterministic
     algorithms are asked for (then a step takes the generic path's ``F.linear``, for the same bits)."""
