@@ -12,7 +12,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from ..ops import thresholds
 from ..ops._autograd import transformed
-from ..ops._dispatch import check_backend, resolve_backend, shape_str
+from ..ops._dispatch import SUPPORTED_DTYPES, check_backend, resolve_backend, shape_str
 from ..ops.linear import linear
 from ..ops.qrnn_pool import gate_count, qrnn_pool
 from ..ops.qrnn_step import pool_step, run_step, stack_available, stack_plan, stack_step
@@ -340,7 +340,7 @@ class QRNNLayer(nn.Module):
         scale = self._forget_scale()
         single = x.shape[time_dim] == thresholds.SINGLE_STEP and lengths is None
         plain = self._one_inference_step(x, context, h0) if single else None
-        if plain is not None and x.shape[1 - time_dim] == 1 and stack_available():
+        if plain is not None and x.shape[1 - time_dim] == 1 and stack_available(x.dtype):
             # streaming, batch 1: window, product and pooling of the step in one kernel call, no autograd
             plan = self._step_plan([plain], scale)
             output, states, contexts = stack_step(plan, x.reshape(-1), [context], h0)
@@ -395,11 +395,12 @@ class QRNNLayer(nn.Module):
 
     def _inference_step_ok(self, like: Tensor, tensors: tuple[Tensor | None, ...]) -> bool:
         """Whether a single step may skip autograd and the pooling op for the step kernels: nothing among
-        ``tensors`` requires grad (where grad is on), all float32/64 like ``like``, no random mask, no
+        ``tensors`` requires grad (where grad is on), all of the dtype of ``like`` (a float type the kernels
+        take: float32/64, bfloat16 or float16 weights a user converted the model to), no random mask, no
         autocast, not tracing, no ``torch.func`` transform, the CPU kernels. The one decision for the
         fused step (:meth:`_one_inference_step`) and for the pooling of one step after a called projection."""
         dtype = like.dtype
-        if dtype not in (torch.float32, torch.float64) or (self.training and self.zoneout > 0.0):
+        if dtype not in SUPPORTED_DTYPES or (self.training and self.zoneout > 0.0):
             return False
         grad = torch.is_grad_enabled()
         for t in tensors:

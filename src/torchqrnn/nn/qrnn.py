@@ -332,7 +332,7 @@ class QRNN(nn.Module):
             if plain is None:
                 return None
             parameters.append(plain)
-        if not stack_available():
+        if not stack_available(x.dtype):
             return None
         layers = [directions[0] for directions in stack]
         options = [(layer.window, False, layer.output_gate, layer.input_gate) for layer in layers]

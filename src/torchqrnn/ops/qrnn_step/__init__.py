@@ -97,7 +97,7 @@ def run_step(
     """
     rows, hidden = source.numel() // source.shape[-1], weight.shape[0] // gate_count(output_gate, input_gate)
     output_shape, state_shape = output_shape or (rows, hidden), state_shape or (rows, hidden)
-    if backend == "reference" or source.dtype not in (torch.float32, torch.float64):
+    if backend == "reference":
         out, hn = qrnn_step_reference(
             source.reshape(rows, -1),
             weight,
@@ -121,9 +121,10 @@ def run_step(
     )
 
 
-def stack_available() -> bool:
-    """Whether :func:`stack_step` runs here (torch's BLAS reachable from numba, no deterministic mode)."""
-    return bool(kernel_module(__name__, "cpu").stack_available())
+def stack_available(dtype: torch.dtype) -> bool:
+    """Whether :func:`stack_step` runs here for weights of ``dtype`` (float32/64 through torch's BLAS,
+    bfloat16 through MKL's; reachable from numba; no deterministic mode)."""
+    return bool(kernel_module(__name__, "cpu").stack_available(dtype))
 
 
 def stack_plan(

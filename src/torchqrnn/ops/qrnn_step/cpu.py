@@ -19,15 +19,41 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from numba import types
+from numba.extending import overload
 from torch import Tensor
 from torch.nn import functional as F
 
 from .._blas import AVAILABLE as _BLAS_IN_KERNEL
-from .._blas import gemv
-from .._cpu import NO_STATE, sigmoid, tanh
+from .._blas import BF16_AVAILABLE as _BF16_IN_KERNEL
+from .._blas import gemv, gemv_bf16
+from .._cpu import NO_STATE, as_numpy, load, sigmoid, store, tanh
 from .._numba_cache import njit
 
-_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+# Each dtype's storage as numba sees it (half types as 16-bit integers), and its compute dtype.
+_STORAGE = {
+    torch.float32: np.float32,
+    torch.float64: np.float64,
+    torch.bfloat16: np.uint16,
+    torch.float16: np.int16,
+}
+_COMPUTE = {
+    torch.float32: np.float32,
+    torch.float64: np.float64,
+    torch.bfloat16: np.float32,
+    torch.float16: np.float32,
+}
+
+
+def _accumulate(weight, source, gates):  # pragma: no cover - numba
+    """``gates += weight @ source`` by the BLAS routine for the weights' dtype (see ``ops/_blas.py``)."""
+
+
+@overload(_accumulate, inline="always")
+def _accumulate_overload(weight, source, gates):  # pragma: no cover - numba
+    if weight.dtype == types.uint16:  # bfloat16 storage
+        return lambda weight, source, gates: gemv_bf16(weight, source, gates)
+    return lambda weight, source, gates: gemv(weight, source, gates)
 
 
 @njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", inline="always")
@@ -35,15 +61,16 @@ def _pool_row(row, c_prev, has_prev, out, hn, hidden, scale, one, output_gate, i
     # pragma: no cover - numba
     """The pooling of one batch row from its pre-activation gates ``row`` (G*H) and previous state
     ``c_prev`` (H; zeros when not ``has_prev``): ``_forward_row`` of the pooling kernel, term for term, so
-    that a step rounds as the generic path's pooling does."""
+    that a step rounds as the generic path's pooling does. Half types in their storage (``_cpu.load`` and
+    ``store``), float32 arithmetic."""
     i_row = row.shape[0] - hidden
     for u in range(hidden):
-        z = tanh(row[u])
-        f = sigmoid(row[hidden + u]) * scale
-        i = sigmoid(row[i_row + u]) if input_gate else f
-        c = i * z + (one - f) * (c_prev[u] if has_prev else one - one)
-        hn[u] = c
-        out[u] = sigmoid(row[2 * hidden + u]) * c if output_gate else c
+        z = tanh(load(row[u]))
+        f = sigmoid(load(row[hidden + u])) * scale
+        i = sigmoid(load(row[i_row + u])) if input_gate else f
+        c = i * z + (one - f) * (load(c_prev[u]) if has_prev else one - one)
+        store(hn, u, c)
+        store(out, u, sigmoid(load(row[2 * hidden + u])) * c if output_gate else c)
 
 
 @njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
@@ -76,7 +103,9 @@ def _stack(weights, biases, x, contexts, h0, out, hn, new_contexts, options, sca
     input, ``h0`` (L, H) the states (unread unless ``has_h0``); ``out`` (H,) gets the last layer's output and
     ``hn`` (L, H) every layer's new state. Each layer builds its window ``[x_t; x_{t-1}; ...]`` (``[x_t;
     x_{t+1}; ...]`` backward) from its input and context, takes its gates ``bias + W source`` from torch's
-    BLAS (``_blas.gemv``, as ``torch.addmv`` computes them), pools them, and hands its output up.
+    BLAS (``_blas.gemv``, as ``torch.addmv`` computes them; bfloat16 weights: MKL's bfloat16 product,
+    float32 gates), pools them, and hands its output up (rounded to the weights' dtype, as a layer's output
+    is).
     """
     layer_input = x
     last = len(weights) - 1
@@ -96,8 +125,11 @@ def _stack(weights, biases, x, contexts, h0, out, hn, new_contexts, options, sca
             else:
                 next_context[: window - 2] = context[1:]
                 next_context[window - 2] = layer_input
-        gates = biases[layer].copy()
-        gemv(weight, source, gates)
+        bias = biases[layer]
+        gates = np.empty(bias.shape[0], scales.dtype)  # the compute dtype: float32 for bfloat16 weights
+        for j in range(bias.shape[0]):
+            gates[j] = load(bias[j])
+        _accumulate(weight, source, gates)
         hidden = hn.shape[1]
         layer_output = out if layer == last else np.empty(hidden, weight.dtype)
         _pool_row(
@@ -124,6 +156,12 @@ def _product(source: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return F.linear(source, weight, bias)  # the generic path's product, exactly
 
 
+def _tensor(array: np.ndarray, dtype: torch.dtype) -> Tensor:
+    """The tensor of ``dtype`` over a numpy array of its storage (half types: 16-bit integers)."""
+    t = torch.from_numpy(array)
+    return t if t.dtype == dtype else t.view(dtype)
+
+
 def step(
     source: Tensor,
     weight: Tensor,
@@ -143,28 +181,15 @@ def step(
     streaming step's scale each conversion is a measurable share of the step.
     """
     hidden = output_shape[-1]
-    np_dtype = _NP_DTYPES[source.dtype]
     rows = source.numel() // source.shape[-1]
-    if rows == 1 and stack_available():
+    if rows == 1 and stack_available(source.dtype):
         plan = StackPlan([(weight, bias)], [(1, False, output_gate, input_gate)], [forget_scale])
         state = None if h0 is None else h0.reshape(1, hidden)
         output, states, _ = stack_step(plan, source.reshape(-1), [None], state)
         return output.view(output_shape), states.view(state_shape)
-    out, hn = np.empty(output_shape, np_dtype), np.empty(state_shape, np_dtype)
-    rows_h0 = NO_STATE[source.dtype] if h0 is None else h0.contiguous().numpy().reshape(-1, hidden)
     gates = _product(source.reshape(rows, source.shape[-1]), weight, bias)
-    flags = (output_gate, input_gate, h0 is not None)
-    _gates(
-        gates.numpy(),
-        rows_h0,
-        out.reshape(-1, hidden),
-        hn.reshape(-1, hidden),
-        hidden,
-        np_dtype(forget_scale),
-        np_dtype(1),
-        flags,
-    )
-    return torch.from_numpy(out), torch.from_numpy(hn)
+    output, states = pool_step(gates, h0, output_gate, input_gate, forget_scale)
+    return output.view(output_shape), states.view(state_shape)
 
 
 def pool_step(
@@ -173,19 +198,24 @@ def pool_step(
     """See ``qrnn_step.pool_step``: the gates kernel on one step's gates, any layout of its B rows."""
     hidden = gates.shape[-1] // (2 + output_gate + input_gate)
     batch = gates.numel() // gates.shape[-1]
-    np_dtype = _NP_DTYPES[gates.dtype]
-    out, hn = np.empty((*gates.shape[:-1], hidden), np_dtype), np.empty((batch, hidden), np_dtype)
-    rows_h0 = NO_STATE[gates.dtype] if h0 is None else h0.contiguous().numpy()
+    storage, compute = _STORAGE[gates.dtype], _COMPUTE[gates.dtype]
+    out, hn = np.empty((*gates.shape[:-1], hidden), storage), np.empty((batch, hidden), storage)
+    rows_h0 = NO_STATE[gates.dtype] if h0 is None else as_numpy(h0.contiguous()).reshape(batch, hidden)
     flags = (output_gate, input_gate, h0 is not None)
-    rows = gates.detach().reshape(batch, gates.shape[-1]).contiguous().numpy()
-    _gates(rows, rows_h0, out.reshape(batch, hidden), hn, hidden, np_dtype(forget_scale), np_dtype(1), flags)
-    return torch.from_numpy(out), torch.from_numpy(hn)
+    rows = as_numpy(gates.reshape(batch, gates.shape[-1]).contiguous())
+    _gates(rows, rows_h0, out.reshape(batch, hidden), hn, hidden, compute(forget_scale), compute(1), flags)
+    return _tensor(out, gates.dtype), _tensor(hn, gates.dtype)
 
 
-def stack_available() -> bool:
-    """Whether :func:`stack_step` may run: torch's BLAS is reachable from the kernel, and no deterministic
-    algorithms are asked for (then a step takes the generic path's ``F.linear``, for the same bits)."""
-    return _BLAS_IN_KERNEL and not torch.are_deterministic_algorithms_enabled()
+def stack_available(dtype: torch.dtype) -> bool:
+    """Whether :func:`stack_step` may run for weights of ``dtype``: the BLAS routine for it is reachable
+    from the kernel (torch's sgemv/dgemv, MKL's bfloat16 product), and no deterministic algorithms are asked
+    for (then a step takes the generic path's ``F.linear``, for the same bits)."""
+    reachable = _BF16_IN_KERNEL if dtype == torch.bfloat16 else _BLAS_IN_KERNEL and dtype in _FLOATS
+    return reachable and not torch.are_deterministic_algorithms_enabled()
+
+
+_FLOATS = (torch.float32, torch.float64)
 
 
 class StackPlan:
@@ -199,23 +229,24 @@ class StackPlan:
         options: list[tuple[int, bool, bool, bool]],
         scales: list[float],
     ) -> None:
-        dtype = parameters[0][0].dtype
-        np_dtype = _NP_DTYPES[dtype]
+        dtype = self.dtype = parameters[0][0].dtype
+        storage, compute = _STORAGE[dtype], _COMPUTE[dtype]
         self.parameters = parameters
         self.key = (tuple(options), tuple(scales))
         self.pointers = [(w.data_ptr(), None if b is None else b.data_ptr()) for w, b in parameters]
-        self.weights = tuple(w.detach().contiguous().numpy() for w, _ in parameters)
+        self.weights = tuple(as_numpy(w.contiguous()) for w, _ in parameters)
         self.biases = tuple(
-            np.zeros(w.shape[0], np_dtype) if b is None else b.detach().numpy() for w, b in parameters
+            np.zeros(w.shape[0], storage) if b is None else as_numpy(b) for w, b in parameters
         )
         self.options = tuple((int(o[0]), bool(o[1]), bool(o[2]), bool(o[3])) for o in options)
-        self.scales = np.array(scales, np_dtype)
-        self.one = np_dtype(1)
-        self.dtype = dtype
+        self.scales = np.array(scales, compute)
+        self.one = compute(1)
         self.hidden = parameters[-1][0].shape[0] // (2 + options[-1][2] + options[-1][3])
         self.sizes = [w.shape[1] // o[0] for (w, _), o in zip(parameters, options, strict=True)]
+        self.spans = [o[0] - 1 for o in options]
+        self.context_numel = sum(span * size for span, size in zip(self.spans, self.sizes, strict=True))
         self.zero_contexts = tuple(
-            np.zeros((o[0] - 1, size), np_dtype) for o, size in zip(options, self.sizes, strict=True)
+            np.zeros((span, size), storage) for span, size in zip(self.spans, self.sizes, strict=True)
         )
 
     def holds(
@@ -239,25 +270,23 @@ def stack_step(
     """One batch-1 step through the planned stack: ``x`` (I,); ``contexts[l]`` (w_l - 1, 1, I_l) or None
     for zeros; ``h0`` (L, H) or None. Returns ``(output (H,), states (L, H), next contexts (w_l - 1, 1,
     I_l))``."""
-    np_dtype = _NP_DTYPES[plan.dtype]
-    count = len(plan.weights)
-    out, hn = np.empty(plan.hidden, np_dtype), np.empty((count, plan.hidden), np_dtype)
-    spans = [o[0] - 1 for o in plan.options]
-    flat = np.empty(sum(span * size for span, size in zip(spans, plan.sizes, strict=True)), np_dtype)
+    dtype, storage = plan.dtype, _STORAGE[plan.dtype]
+    out, hn = np.empty(plan.hidden, storage), np.empty((len(plan.weights), plan.hidden), storage)
+    flat = np.empty(plan.context_numel, storage)
     next_contexts, start = [], 0
-    for span, size in zip(spans, plan.sizes, strict=True):
+    for span, size in zip(plan.spans, plan.sizes, strict=True):
         next_contexts.append(flat[start : start + span * size].reshape(span, size))
         start += span * size
     context_arrays = tuple(
-        zeros if c is None else c.contiguous().numpy().reshape(zeros.shape)
+        zeros if c is None or not zeros.size else as_numpy(c.contiguous()).reshape(zeros.shape)
         for c, zeros in zip(contexts, plan.zero_contexts, strict=True)
     )
     _stack(
         plan.weights,
         plan.biases,
-        x.contiguous().numpy(),
+        as_numpy(x.contiguous()),
         context_arrays,
-        NO_STATE[plan.dtype] if h0 is None else h0.contiguous().numpy(),
+        NO_STATE[dtype] if h0 is None else as_numpy(h0.contiguous()),
         out,
         hn,
         tuple(next_contexts),
@@ -266,5 +295,5 @@ def stack_step(
         plan.one,
         h0 is not None,
     )
-    contexts_out = [torch.from_numpy(c).unsqueeze(1) for c in next_contexts]
-    return torch.from_numpy(out), torch.from_numpy(hn), contexts_out
+    contexts_out = [_tensor(c, dtype).unsqueeze(1) for c in next_contexts]
+    return _tensor(out, dtype), _tensor(hn, dtype), contexts_out
