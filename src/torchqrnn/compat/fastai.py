@@ -49,7 +49,7 @@ def forget_mult_CPU(
     return forget_mult(f, x, first_h, batch_first=batch_first, reverse=backward)
 
 
-def fit_context(context: Tensor, batch: int) -> Tensor:
+def _fit_context(context: Tensor, batch: int) -> Tensor:
     """A time-major window context ``(window - 1, B', I)`` fitted to ``batch`` rows as fastai 2.3.1 fitted
     its ``prevX``: the first ``batch`` rows kept, zero rows added after them where ``B' < batch``."""
     rows = context.shape[1]
@@ -67,7 +67,7 @@ def _fit_saved_context(layer: _QRNNLayer, input: object) -> None:
         return  # no context, or unbatched / packed input: the layer's own checks speak
     batch = input.shape[0 if layer.batch_first else 1]
     if context.shape[1] != batch:
-        layer.__dict__["prev_x"] = fit_context(context, batch)
+        layer.__dict__["prev_x"] = _fit_context(context, batch)
 
 
 class QRNNLayer(_QRNNLayer):
