@@ -129,6 +129,21 @@ def test_batch_first_with_trailing_dimensions(backend: str, reverse: bool) -> No
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_gradcheck_with_trailing_dimensions(backend: str) -> None:
+    def run(f: Tensor, x: Tensor, h0: Tensor) -> Tensor:
+        return forget_mult(f, x, h0, reverse=True, backend=backend)
+
+    shape = (4, 2, 3, 2)
+    inputs = (
+        torch.rand(shape, dtype=torch.float64, requires_grad=True),
+        torch.randn(shape, dtype=torch.float64, requires_grad=True),
+        torch.randn(1, *shape[1:], dtype=torch.float64, requires_grad=True),
+    )
+    assert torch.autograd.gradcheck(run, inputs)
+    assert torch.autograd.gradgradcheck(run, inputs)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_trailing_dimensions_that_cannot_be_merged(backend: str) -> None:
     """A transposed feature block has no flat view: it is copied, and the result is still right."""
     base_f, base_x = torch.rand(6, 3, 5, 2), torch.randn(6, 3, 5, 2)
@@ -177,6 +192,8 @@ def test_errors_name_both_state_shapes() -> None:
         forget_mult(f, x, torch.ones(2, 3, 2, 5))
     with pytest.raises(ValueError, match=r"h0 of shape \(3, 2, 5\) or \(1, 3, 2, 5\) .* got \(3, 10\)"):
         forget_mult(f, x, torch.ones(3, 10))  # the flat view is internal: h0 follows x's own shape
+    with pytest.raises(ValueError, match=r"got \(1, 2, 2, 5\)"):  # the shape as given
+        forget_mult(f, x, torch.ones(1, 2, 2, 5))
 
 
 # --- QRNN(...)(x, [h_layer0, h_layer1]) -------------------------------------------------------------------

@@ -62,15 +62,16 @@ def check_inputs(
     if f.device != x.device:
         raise RuntimeError(f"forget_mult: expected f on the device of x ({x.device}), got {f.device}")
     if h0 is not None:
-        h0 = check_tensor("forget_mult", "h0", h0)
+        given = check_tensor("forget_mult", "h0", h0)
         step = x.shape[:1] + x.shape[2:] if batch_first and x.dim() > 2 else x.shape[1:]
-        if h0.dim() == len(step) + 1 and h0.shape[0] == 1:  # (1, B, *): a layer's h_n, as salesforce took it
-            h0 = h0.squeeze(0)
+        # (1, B, *): a layer's h_n, as salesforce's ForgetMult took it
+        leading_one = given.dim() == len(step) + 1 and given.shape[0] == 1
+        h0 = given.squeeze(0) if leading_one else given
         if h0.shape != step:
             layout = "unbatched" if x.dim() == 2 else f"batch_first={batch_first}"
             raise ValueError(
                 f"forget_mult: expected h0 of shape {tuple(step)} or {(1, *step)} for x of shape "
-                f"{shape_str(x)} ({layout}), got {shape_str(h0)}"
+                f"{shape_str(x)} ({layout}), got {shape_str(given)}"
             )
         h0 = check_state("forget_mult", "h0", h0, tuple(step), x, lambda: shape_str(x))
     check_backend("forget_mult", backend)
@@ -309,7 +310,7 @@ def forget_mult(
             out[t] = h
     """
     f, x, h0 = check_inputs(f, x, h0, batch_first, backend)
-    shape = x.shape
+    full_shape = x.shape
     if x.dim() > 3:  # (T, B, *): the recurrence is element-wise, so the kernels see (T, B, prod(*)), a view
         f, x = f.flatten(2), x.flatten(2)
         h0 = None if h0 is None else h0.flatten(1)
@@ -328,7 +329,7 @@ def forget_mult(
         out = _ForgetMultFunction.apply(f, x, h0, batch_first, reverse, chosen)
     if unbatched:
         return out.squeeze(1)
-    return out.unflatten(2, shape[2:]) if len(shape) > 3 else out
+    return out.unflatten(2, full_shape[2:]) if len(full_shape) > 3 else out
 
 
 # Last: the op in torch ops and one scan, registered as its decomposition for torch.onnx.export.
