@@ -12,7 +12,9 @@ class ForgetMult(nn.Module):
     r"""Module form of :func:`torchqrnn.forget_mult`: ``h_t = f_t * x_t + (1 - f_t) * h_{t-1}``.
 
     ``forward(f, x, hidden_init=None, use_cuda=True)`` is salesforce's signature; ``use_cuda`` is accepted for
-    compatibility and ignored (the tensors' device picks the kernel).
+    compatibility and ignored (the tensors' device picks the kernel). As salesforce's, it takes ``f`` and
+    ``x`` of shape ``(T, B, *)`` with any trailing dimensions, and ``hidden_init`` of shape ``(B, *)`` or
+    ``(1, B, *)`` (a layer's ``h_n``).
 
     Args:
         batch_first: inputs are ``(B, T, H)`` instead of ``(T, B, H)``.

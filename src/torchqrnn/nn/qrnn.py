@@ -58,7 +58,9 @@ class QRNN(nn.Module):
         - input: ``(T, B, input_size)``, ``(B, T, input_size)`` with ``batch_first``, ``(T, input_size)``
           unbatched, or a :class:`~torch.nn.utils.rnn.PackedSequence`.
         - h0: ``(L * D, B, hidden_size)`` (``(L * D, hidden_size)`` unbatched), ordered
-          ``[l0_fwd, l0_bwd, l1_fwd, ...]``; zeros when omitted.
+          ``[l0_fwd, l0_bwd, l1_fwd, ...]``; zeros when omitted. Or, as salesforce's QRNN took it, a list
+          of ``L * D`` per-layer states in that order, each ``(B, hidden_size)`` or ``(1, B, hidden_size)``
+          (a :class:`QRNNLayer`'s ``h_n``).
         - output: ``(T, B, D * hidden_size)`` in the input's layout, or a PackedSequence.
         - h_n: like h0. It holds the last *cell states* ``c``, so unlike ``nn.GRU`` ``h_n[-1]`` equals
           ``output[-1]`` only without an output gate (``h = o * c`` otherwise). With a PackedSequence each
@@ -198,7 +200,7 @@ class QRNN(nn.Module):
                 layer.reset_parameters()
 
     def forward(
-        self, input: Tensor | PackedSequence, h0: Tensor | None = None
+        self, input: Tensor | PackedSequence, h0: Tensor | Sequence[Tensor] | None = None
     ) -> tuple[Tensor | PackedSequence, Tensor]:
         stack = self._stack()
         firsts = [directions[0] for directions in stack]  # the forward layer of each depth
@@ -237,7 +239,7 @@ class QRNN(nn.Module):
     def _forward_checked(
         self,
         input: Tensor | PackedSequence,
-        h0: Tensor | None,
+        h0: Tensor | Sequence[Tensor] | None,
         contexts: list[Tensor | None],
         stack: list[list[QRNNLayer]],
     ) -> tuple[Tensor | PackedSequence, Tensor, list[Tensor]]:
@@ -336,9 +338,7 @@ class QRNN(nn.Module):
             return None
         layers = [directions[0] for directions in stack]
         options = [(layer.window, False, layer.output_gate, layer.input_gate) for layer in layers]
-        scales = [
-            1.0 - layer.zoneout if layer.zoneout > 0.0 and not layer.training else 1.0 for layer in layers
-        ]
+        scales = [layer._forget_scale() for layer in layers]
         plan = self.__dict__.get("_cached_plan")
         if plan is None or not plan.holds(parameters, options, scales):
             plan = self.__dict__["_cached_plan"] = stack_plan(parameters, options, scales)
@@ -351,14 +351,20 @@ class QRNN(nn.Module):
         state.pop("_cached_plan", None)  # numpy views of the weights: rebuilt on the first step
         return state
 
-    def _check_h0(self, h0: Tensor | None, x: Tensor, batch_first: bool, unbatched: bool) -> Tensor | None:
+    def _check_h0(
+        self, h0: Tensor | Sequence[Tensor] | None, x: Tensor, batch_first: bool, unbatched: bool
+    ) -> Tensor | None:
         if h0 is None:
             return None
-        if not isinstance(h0, Tensor):
-            raise TypeError(f"QRNN: expected h0 to be a Tensor, got {type(h0).__name__}")
         count = self.num_layers * self.num_directions
         batch = x.shape[0 if batch_first else 1]
         expected = (count, self.hidden_size) if unbatched else (count, batch, self.hidden_size)
+        if isinstance(h0, list | tuple):
+            h0 = self._stack_states(h0, expected[1:], x)
+        if not isinstance(h0, Tensor):
+            raise TypeError(
+                f"QRNN: expected h0 to be a Tensor or a list of per-layer Tensors, got {type(h0).__name__}"
+            )
         if tuple(h0.shape) != expected:
             raise RuntimeError(f"QRNN: Expected hidden size {expected}, got {shape_str(h0)}")
         if not state_dtype_ok(h0, x):
@@ -368,6 +374,32 @@ class QRNN(nn.Module):
         if h0.device != x.device:
             raise RuntimeError(f"QRNN: expected h0 on {x.device} (the input's), got {h0.device}")
         return h0.unsqueeze(1) if unbatched else h0
+
+    def _stack_states(self, states: Sequence[object], shape: tuple[int, ...], x: Tensor) -> Tensor:
+        """salesforce's form of ``h0``: one state per layer (it indexed ``hidden[i]``), each ``(B, H)`` or
+        ``(1, B, H)`` (a layer's ``h_n``), in ``h_n``'s order; stacked into ``(L * D, B, H)``."""
+        count = self.num_layers * self.num_directions
+        if len(states) != count:
+            raise ValueError(
+                f"QRNN: expected h0 as a list to hold one state per layer and direction ({count}), got "
+                f"{len(states)}"
+            )
+        checked = []
+        for index, state in enumerate(states):
+            if not isinstance(state, Tensor):
+                raise TypeError(f"QRNN: expected h0[{index}] to be a Tensor, got {type(state).__name__}")
+            if tuple(state.shape) not in (shape, (1, *shape)):
+                raise RuntimeError(
+                    f"QRNN: Expected hidden size {shape} or {(1, *shape)} for h0[{index}], got "
+                    f"{shape_str(state)}"
+                )
+            if not state_dtype_ok(state, x) or state.device != x.device:
+                raise RuntimeError(
+                    f"QRNN: expected h0[{index}] of dtype {x.dtype} on {x.device} (the input's"
+                    f"{autocast_note(x)}), got {state.dtype} on {state.device}"
+                )
+            checked.append(state.reshape(shape))
+        return torch.stack(checked)
 
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any

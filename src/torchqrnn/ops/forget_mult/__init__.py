@@ -40,13 +40,16 @@ def _state_shape(x: Tensor, batch_first: bool) -> tuple[int, int]:
 def check_inputs(
     f: object, x: object, h0: object, batch_first: bool, backend: str
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Validate the public arguments; raise naming the argument, the expected and the actual value."""
+    """Validate the public arguments; raise naming the argument, the expected and the actual value.
+
+    Returns ``h0`` with the shape of one step of ``x`` (``(B, *)``, or ``(H,)`` unbatched): a leading 1
+    (a layer's ``h_n``, ``(1, B, *)``) is dropped."""
     x = check_tensor("forget_mult", "x", x)
     f = check_tensor("forget_mult", "f", f)
-    if x.dim() not in (2, 3):
+    if x.dim() < 2:
         raise ValueError(
-            "forget_mult: expected x to be 2-D (T, H) unbatched or 3-D (T, B, H) / (B, T, H), "
-            f"got a {x.dim()}-D tensor of shape {shape_str(x)}"
+            "forget_mult: expected x to be 2-D (T, H) unbatched, or (T, B, *) / (B, T, *) with any trailing "
+            f"dimensions, got a {x.dim()}-D tensor of shape {shape_str(x)}"
         )
     if f.shape != x.shape:
         raise ValueError(f"forget_mult: expected f to have the shape of x {shape_str(x)}, got {shape_str(f)}")
@@ -59,11 +62,18 @@ def check_inputs(
     if f.device != x.device:
         raise RuntimeError(f"forget_mult: expected f on the device of x ({x.device}), got {f.device}")
     if h0 is not None:
-        expected = (x.shape[-1],) if x.dim() == 2 else _state_shape(x, batch_first)
-        layout = "unbatched" if x.dim() == 2 else f"batch_first={batch_first}"
-        h0 = check_state(
-            "forget_mult", "h0", h0, expected, x, lambda: f"x of shape {shape_str(x)} ({layout})"
-        )
+        given = check_tensor("forget_mult", "h0", h0)
+        step = x.shape[:1] + x.shape[2:] if batch_first and x.dim() > 2 else x.shape[1:]
+        # (1, B, *): a layer's h_n, as salesforce's ForgetMult took it
+        leading_one = given.dim() == len(step) + 1 and given.shape[0] == 1
+        h0 = given.squeeze(0) if leading_one else given
+        if h0.shape != step:
+            layout = "unbatched" if x.dim() == 2 else f"batch_first={batch_first}"
+            raise ValueError(
+                f"forget_mult: expected h0 of shape {tuple(step)} or {(1, *step)} for x of shape "
+                f"{shape_str(x)} ({layout}), got {shape_str(given)}"
+            )
+        h0 = check_state("forget_mult", "h0", h0, tuple(step), x, lambda: shape_str(x))
     check_backend("forget_mult", backend)
     return f, x, h0
 
@@ -274,8 +284,12 @@ def forget_mult(
 
     Args:
         f: forget gate, same shape, dtype and device as ``x``. Values are used as given (not clamped).
-        x: candidate values, ``(T, B, H)``, ``(B, T, H)`` with ``batch_first``, or unbatched ``(T, H)``.
-        h0: initial state ``(B, H)``, or ``(H,)`` for unbatched input; zeros when ``None``.
+        x: candidate values, ``(T, B, H)``, ``(B, T, H)`` with ``batch_first``, or unbatched ``(T, H)``. Any
+            trailing dimensions are allowed, ``(T, B, *)`` (the recurrence is element-wise: the kernels see
+            the view ``(T, B, prod(*))``, a copy only where the trailing dimensions cannot be merged).
+        h0: initial state, the shape of one step of ``x``: ``(B, H)`` (``(B, *)``), or ``(H,)`` for unbatched
+            input; the same with a leading 1 (``(1, B, H)``, what a layer returns as ``h_n``) is accepted
+            too. Zeros when ``None``.
         batch_first: ``x`` and ``f`` are ``(B, T, H)``. Ignored for unbatched input, as in ``nn.GRU``.
         reverse: walk time from ``T - 1`` down to ``0``; ``h0`` then stands at ``t = T`` and the outputs stay
             in natural time order: ``forget_mult(f, x, h0, reverse=True)`` equals
@@ -296,6 +310,10 @@ def forget_mult(
             out[t] = h
     """
     f, x, h0 = check_inputs(f, x, h0, batch_first, backend)
+    full_shape = x.shape
+    if x.dim() > 3:  # (T, B, *): the recurrence is element-wise, so the kernels see (T, B, prod(*)), a view
+        f, x = f.flatten(2), x.flatten(2)
+        h0 = None if h0 is None else h0.flatten(1)
     unbatched = x.dim() == 2
     if unbatched:
         f, x, batch_first = f.unsqueeze(1), x.unsqueeze(1), False
@@ -309,7 +327,9 @@ def forget_mult(
         out = torch.ops.torchqrnn.forget_mult(f, x, h0, batch_first, reverse, chosen)
     else:
         out = _ForgetMultFunction.apply(f, x, h0, batch_first, reverse, chosen)
-    return out.squeeze(1) if unbatched else out
+    if unbatched:
+        return out.squeeze(1)
+    return out.unflatten(2, full_shape[2:]) if len(full_shape) > 3 else out
 
 
 # Last: the op in torch ops and one scan, registered as its decomposition for torch.onnx.export.
