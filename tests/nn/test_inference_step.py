@@ -235,3 +235,19 @@ def test_a_quantized_layer_steps_through_its_module_then_the_step_pooling(monkey
     slow, h_slow = steps()
     torch.testing.assert_close(fast, slow, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(h_fast, h_slow, rtol=1e-6, atol=1e-6)
+
+
+def test_a_transposed_weight_is_read_afresh_each_step() -> None:
+    """A weight stored transposed (not contiguous) is viewed through a copy: each step must copy again, so
+    that changes to the weight between steps are seen."""
+    layer = QRNNLayer(4, 6).eval()
+    layer.linear.weight = torch.nn.Parameter(torch.randn(4, 18).t())  # (18, 4), column-major
+    x = torch.randn(1, 1, 4)
+    with torch.no_grad():
+        first = layer(x)[0]
+        layer.linear.weight.mul_(-1)
+        second = layer(x)[0]
+        layer.backend = "reference"
+        expected = layer(x)[0]
+    assert not torch.equal(first, second)
+    torch.testing.assert_close(second, expected)

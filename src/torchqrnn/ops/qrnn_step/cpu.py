@@ -234,9 +234,12 @@ class StackPlan:
         self.parameters = parameters
         self.key = (tuple(options), tuple(scales))
         self.pointers = [(w.data_ptr(), None if b is None else b.data_ptr()) for w, b in parameters]
+        # a weight that is not contiguous is viewed through a copy, which its later changes would miss: such
+        # a plan serves one step and is made again for the next
+        self.copies = not all(w.is_contiguous() and (b is None or b.is_contiguous()) for w, b in parameters)
         self.weights = tuple(as_numpy(w.contiguous()) for w, _ in parameters)
         self.biases = tuple(
-            np.zeros(w.shape[0], storage) if b is None else as_numpy(b) for w, b in parameters
+            np.zeros(w.shape[0], storage) if b is None else as_numpy(b.contiguous()) for w, b in parameters
         )
         self.options = tuple((int(o[0]), bool(o[1]), bool(o[2]), bool(o[3])) for o in options)
         self.scales = np.array(scales, compute)
@@ -256,7 +259,7 @@ class StackPlan:
         scales: list[float],
     ) -> bool:
         """Whether the plan was made for these parameters, with their storage where it was, and options."""
-        if self.key != (tuple(options), tuple(scales)):
+        if self.copies or self.key != (tuple(options), tuple(scales)):
             return False
         for (w, b), (w0, b0), (pw, pb) in zip(parameters, self.parameters, self.pointers, strict=True):
             if w is not w0 or b is not b0 or w.data_ptr() != pw or (b is not None and b.data_ptr() != pb):
