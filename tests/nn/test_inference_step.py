@@ -118,17 +118,16 @@ def test_a_hidden_state_the_generic_path_refuses_is_refused_here_too() -> None:
 
 def _stack_kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the calls of the one-call stack step (batch 1), wherever it is reached from."""
-    from torchqrnn.nn import qrnn as qrnn_module
+    from torchqrnn.ops.qrnn_step import cpu as step_kernels
 
     calls: list[int] = []
-    original = qrnn_module.stack_step
+    original = step_kernels.stack_step
 
     def counted(plan, *args):
         calls.append(len(plan.weights))
         return original(plan, *args)
 
-    monkeypatch.setattr(qrnn_module, "stack_step", counted)
-    monkeypatch.setattr(layer_module, "stack_step", counted)
+    monkeypatch.setattr(step_kernels, "stack_step", counted)
     return calls
 
 

@@ -15,7 +15,7 @@ from ..ops._autograd import transformed
 from ..ops._dispatch import SUPPORTED_DTYPES, check_backend, resolve_backend, shape_str
 from ..ops.linear import linear
 from ..ops.qrnn_pool import gate_count, qrnn_pool
-from ..ops.qrnn_step import pool_step, run_step, stack_available, stack_plan, stack_step
+from ..ops.qrnn_step import cached_plan, pool_step, run_step
 from ._repr import options_repr
 from ._sequence import autocast_note, check_input, pack_like, state_dtype_ok, unpack
 
@@ -340,11 +340,14 @@ class QRNNLayer(nn.Module):
         scale = self._forget_scale()
         single = x.shape[time_dim] == thresholds.SINGLE_STEP and lengths is None
         plain = self._one_inference_step(x, context, h0) if single else None
-        if plain is not None and x.shape[1 - time_dim] == 1 and stack_available(x.dtype):
+        if plain is not None and x.shape[1 - time_dim] == 1:
             # streaming, batch 1: window, product and pooling of the step in one kernel call, no autograd
-            plan = self._step_plan([plain], scale)
-            output, states, contexts = stack_step(plan, x.reshape(-1), [context], h0)
-            return output.view(1, 1, self.hidden_size), states, contexts[0]
+            options = [(self.window, self.backward, self.output_gate, self.input_gate)]
+            plan = cached_plan(self, [plain], options, [scale])
+            if plan is not None:
+                hidden = self.hidden_size
+                output, states, contexts = plan.run(x, [context], h0, (1, 1, hidden), (1, hidden))
+                return output, states, contexts[0]
         source, new_context = self._window(x, context, time_dim)
         if plain is not None:
             # streaming: the product of the single step, then its pooling in one kernel, no autograd
@@ -408,6 +411,7 @@ class QRNNLayer(nn.Module):
                 return False
         return not (
             torch.compiler.is_compiling()
+            or torch.jit.is_tracing()  # (a trace cannot record a kernel: the generic path says what works)
             or transformed()
             or torch.is_autocast_enabled(like.device.type)
             or resolve_backend(self.backend, like.device) != "cpu"
@@ -416,15 +420,6 @@ class QRNNLayer(nn.Module):
     def _forget_scale(self) -> float:
         """What evaluation multiplies ``f`` by: ``1 - zoneout`` (training draws a mask instead: 1)."""
         return 1.0 - self.zoneout if self.zoneout > 0.0 and not self.training else 1.0
-
-    def _step_plan(self, parameters: list[tuple[Tensor, Tensor | None]], scale: float) -> Any:
-        """The batch-1 step plan of this layer (``qrnn_step.StackPlan``), kept while its weights and options
-        stay."""
-        options = [(self.window, self.backward, self.output_gate, self.input_gate)]
-        plan = self.__dict__.get("_cached_plan")
-        if plan is None or not plan.holds(parameters, options, [scale]):
-            plan = self.__dict__["_cached_plan"] = stack_plan(parameters, options, [scale])
-        return plan
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()

@@ -13,7 +13,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from ..ops import thresholds
 from ..ops._dispatch import check_backend, shape_str
-from ..ops.qrnn_step import stack_available, stack_plan, stack_step
+from ..ops.qrnn_step import cached_plan
 from ._repr import options_repr
 from ._sequence import autocast_note, pack_like, state_dtype_ok, unpack
 from .layer import QRNNLayer, StackCall
@@ -311,7 +311,7 @@ class QRNN(nn.Module):
         stack: list[list[QRNNLayer]],
         batch_first: bool,
     ) -> tuple[Tensor, Tensor, list[Tensor]] | None:
-        """One batch-1 inference step through the whole stack in one kernel call (``qrnn_step.stack_step``):
+        """One batch-1 inference step through the whole stack in one kernel call (``qrnn_step.cached_plan``):
         no per-layer module dispatch, the weights' views kept from step to step. Only where each layer would
         take its own single-step path (:meth:`QRNNLayer._one_inference_step` decides, for each) and calling
         the layers as modules could change nothing (no hooks on them); None otherwise (the layer loop)."""
@@ -334,17 +334,14 @@ class QRNN(nn.Module):
             if plain is None:
                 return None
             parameters.append(plain)
-        if not stack_available(x.dtype):
-            return None
         layers = [directions[0] for directions in stack]
         options = [(layer.window, False, layer.output_gate, layer.input_gate) for layer in layers]
         scales = [layer._forget_scale() for layer in layers]
-        plan = self.__dict__.get("_cached_plan")
-        if plan is None or not plan.holds(parameters, options, scales):
-            plan = self.__dict__["_cached_plan"] = stack_plan(parameters, options, scales)
-        h0 = None if states is None else states.reshape(len(layers), self.hidden_size)
-        output, h_n, new_contexts = stack_step(plan, x.reshape(-1), contexts, h0)
-        return output.view(1, 1, self.hidden_size), h_n.view(len(layers), 1, self.hidden_size), new_contexts
+        plan = cached_plan(self, parameters, options, scales)
+        if plan is None:
+            return None
+        hidden = self.hidden_size
+        return plan.run(x, contexts, states, (1, 1, hidden), (len(layers), 1, hidden))
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()

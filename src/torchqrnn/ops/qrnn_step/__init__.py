@@ -19,13 +19,11 @@ from ..qrnn_pool import gate_count
 from .reference import qrnn_step_reference
 
 __all__ = [
+    "cached_plan",
     "pool_step",
     "qrnn_step",
     "qrnn_step_reference",
     "run_step",
-    "stack_available",
-    "stack_plan",
-    "stack_step",
 ]
 
 KERNELS = ("cpu",)
@@ -121,30 +119,28 @@ def run_step(
     )
 
 
-def stack_available(dtype: torch.dtype) -> bool:
-    """Whether :func:`stack_step` runs here for weights of ``dtype`` (float32/64 through torch's BLAS,
-    bfloat16 through MKL's; reachable from numba; no deterministic mode)."""
-    return bool(kernel_module(__name__, "cpu").stack_available(dtype))
-
-
-def stack_plan(
+def cached_plan(
+    owner: torch.nn.Module,
     parameters: list[tuple[Tensor, Tensor | None]],
     options: list[tuple[int, bool, bool, bool]],
     scales: list[float],
 ) -> Any:
-    """A plan for :func:`stack_step` of a stack of layers (batch 1, CPU, float32/64) whose checked, plain
-    projections are ``parameters`` (``(weight, bias)`` per layer), with ``options`` ``(window, backward,
-    output_gate, input_gate)`` and forget ``scales`` per layer. Keep it while ``plan.holds(...)``."""
-    return kernel_module(__name__, "cpu").StackPlan(parameters, options, scales)
-
-
-def stack_step(
-    plan: Any, x: Tensor, contexts: list[Tensor | None], h0: Tensor | None
-) -> tuple[Tensor, Tensor, list[Tensor]]:
-    """One batch-1 inference step through every layer of ``plan`` in one kernel call, for callers that
-    checked their arguments: ``x`` (I,), ``contexts[l]`` (w_l - 1, 1, I_l) or None for zeros, ``h0`` (L, H)
-    or None. Returns ``(output (H,), states (L, H), next contexts (w_l - 1, 1, I_l))``."""
-    return kernel_module(__name__, "cpu").stack_step(plan, x, contexts, h0)
+    """The plan of a batch-1 step of a stack (``cpu.StackPlan``: ``plan.run(...)`` steps it in one kernel
+    call) whose checked, plain projections are ``parameters`` (``(weight, bias)`` per layer), with
+    ``options`` ``(window, backward, output_gate, input_gate)`` and forget ``scales`` per layer; kept on
+    ``owner`` while its weights' storage and the options stay. None where the step cannot run here: no BLAS
+    routine for the weights' dtype reachable from the kernel (float32/64: torch's; bfloat16: MKL's), or
+    deterministic algorithms asked for (then the generic path's ``F.linear`` gives the same bits)."""
+    if torch.are_deterministic_algorithms_enabled():
+        return None
+    plan = owner.__dict__.get("_cached_plan")
+    if plan is not None and plan.holds(parameters, options, scales):
+        return plan
+    kernels = kernel_module(__name__, "cpu")
+    if not kernels.stack_available(parameters[0][0].dtype):
+        return None
+    plan = owner.__dict__["_cached_plan"] = kernels.StackPlan(parameters, options, scales)
+    return plan
 
 
 def pool_step(

@@ -98,16 +98,19 @@ def _stack(weights, biases, x, contexts, h0, out, hn, new_contexts, options, sca
     """One batch-1 step through a stack of layers, in one call.
 
     Per layer ``l``: ``weights[l]`` (G*H, w*I) C-contiguous and ``biases[l]`` (G*H,); ``contexts[l]`` the
-    window context (w - 1, I) and ``new_contexts[l]`` where the next one goes; ``options[l]`` = (window,
-    backward, output_gate, input_gate), ``scales[l]`` the forget scale. ``x`` (I,) is the first layer's
-    input, ``h0`` (L, H) the states (unread unless ``has_h0``); ``out`` (H,) gets the last layer's output and
-    ``hn`` (L, H) every layer's new state. Each layer builds its window ``[x_t; x_{t-1}; ...]`` (``[x_t;
+    window context (w - 1, 1, I) and ``new_contexts[l]`` where the next one goes; ``options[l]`` = (window,
+    backward, output_gate, input_gate), ``scales[l]`` the forget scale. ``x`` (I elements, any shape) is the
+    first layer's input, ``h0`` (L * H elements) the states (unread unless ``has_h0``); ``out`` (H
+    elements) gets the last layer's output and ``hn`` (L * H elements) every layer's new state: the caller
+    allocates them in the shapes it returns. Each layer builds its window ``[x_t; x_{t-1}; ...]`` (``[x_t;
     x_{t+1}; ...]`` backward) from its input and context, takes its gates ``bias + W source`` from torch's
     BLAS (``_blas.gemv``, as ``torch.addmv`` computes them; bfloat16 weights: MKL's bfloat16 product,
     float32 gates), pools them, and hands its output up (rounded to the weights' dtype, as a layer's output
     is).
     """
-    layer_input = x
+    layer_input = x.reshape(x.size)
+    states, new_states, output = h0.reshape(h0.size), hn.reshape(hn.size), out.reshape(out.size)
+    hidden = output.shape[0]
     last = len(weights) - 1
     for layer in range(len(weights)):
         weight, context, next_context = weights[layer], contexts[layer], new_contexts[layer]
@@ -117,27 +120,27 @@ def _stack(weights, biases, x, contexts, h0, out, hn, new_contexts, options, sca
         source[:size] = layer_input
         for k in range(1, window):
             # the context ends with x_{t-1} (forward); backward it starts with x_{t+1}
-            source[k * size : (k + 1) * size] = context[k - 1] if backward else context[window - 1 - k]
+            source[k * size : (k + 1) * size] = context[k - 1, 0] if backward else context[window - 1 - k, 0]
         if window > 1:
             if backward:
-                next_context[0] = layer_input
+                next_context[0, 0] = layer_input
                 next_context[1:] = context[: window - 2]
             else:
                 next_context[: window - 2] = context[1:]
-                next_context[window - 2] = layer_input
+                next_context[window - 2, 0] = layer_input
         bias = biases[layer]
         gates = np.empty(bias.shape[0], scales.dtype)  # the compute dtype: float32 for bfloat16 weights
         for j in range(bias.shape[0]):
             gates[j] = load(bias[j])
         _accumulate(weight, source, gates)
-        hidden = hn.shape[1]
-        layer_output = out if layer == last else np.empty(hidden, weight.dtype)
+        rows = slice(layer * hidden, (layer + 1) * hidden)
+        layer_output = output if layer == last else np.empty(hidden, weight.dtype)
         _pool_row(
             gates,
-            h0[layer],
+            states[rows] if has_h0 else states,
             has_h0,
             layer_output,
-            hn[layer],
+            new_states[rows],
             hidden,
             scales[layer],
             one,
@@ -185,8 +188,8 @@ def step(
     if rows == 1 and stack_available(source.dtype):
         plan = StackPlan([(weight, bias)], [(1, False, output_gate, input_gate)], [forget_scale])
         state = None if h0 is None else h0.reshape(1, hidden)
-        output, states, _ = stack_step(plan, source.reshape(-1), [None], state)
-        return output.view(output_shape), states.view(state_shape)
+        output, states, _ = stack_step(plan, source, [None], state, output_shape, state_shape)
+        return output, states
     gates = _product(source.reshape(rows, source.shape[-1]), weight, bias)
     output, states = pool_step(gates, h0, output_gate, input_gate, forget_scale)
     return output.view(output_shape), states.view(state_shape)
@@ -220,8 +223,9 @@ _FLOATS = (torch.float32, torch.float64)
 
 class StackPlan:
     """What :func:`stack_step` needs of a stack of layers that does not change from step to step: numpy
-    views of the weights (views, not copies: in-place changes, ``.data`` ones included, are seen) and the
-    layers' options. :meth:`holds` tells whether the plan still views the given parameters' storage."""
+    views of the weights (views, not copies: in-place changes, ``.data`` ones included, are seen), the
+    layers' options, and the shapes of what a step allocates. :meth:`holds` tells whether the plan still
+    views the given parameters' storage."""
 
     def __init__(
         self,
@@ -230,7 +234,7 @@ class StackPlan:
         scales: list[float],
     ) -> None:
         dtype = self.dtype = parameters[0][0].dtype
-        storage, compute = _STORAGE[dtype], _COMPUTE[dtype]
+        storage, compute = self.storage, _ = _STORAGE[dtype], _COMPUTE[dtype]
         self.parameters = parameters
         self.key = (tuple(options), tuple(scales))
         self.pointers = [(w.data_ptr(), None if b is None else b.data_ptr()) for w, b in parameters]
@@ -245,12 +249,27 @@ class StackPlan:
         self.scales = np.array(scales, compute)
         self.one = compute(1)
         self.hidden = parameters[-1][0].shape[0] // (2 + options[-1][2] + options[-1][3])
-        self.sizes = [w.shape[1] // o[0] for (w, _), o in zip(parameters, options, strict=True)]
-        self.spans = [o[0] - 1 for o in options]
-        self.context_numel = sum(span * size for span, size in zip(self.spans, self.sizes, strict=True))
-        self.zero_contexts = tuple(
-            np.zeros((span, size), storage) for span, size in zip(self.spans, self.sizes, strict=True)
+        sizes = [w.shape[1] // o[0] for (w, _), o in zip(parameters, options, strict=True)]
+        # each layer's context (w - 1, 1, I): zeros for a missing one; a window-1 layer's is empty, and so
+        # is the one it returns (shared: it holds nothing)
+        self.context_shapes = [(o[0] - 1, 1, size) for o, size in zip(options, sizes, strict=True)]
+        self.zero_contexts = tuple(np.zeros(shape, storage) for shape in self.context_shapes)
+        self.windowed = any(o[0] > 1 for o in options)
+        self.empty_contexts = (
+            [_tensor(zeros, dtype) for zeros in self.zero_contexts] if not self.windowed else []
         )
+        self.half = dtype not in _FLOATS
+
+    def run(
+        self,
+        x: Tensor,
+        contexts: list[Tensor | None],
+        h0: Tensor | None,
+        output_shape: tuple[int, ...],
+        state_shape: tuple[int, ...],
+    ) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """:func:`stack_step` of this plan."""
+        return stack_step(self, x, contexts, h0, output_shape, state_shape)
 
     def holds(
         self,
@@ -268,35 +287,48 @@ class StackPlan:
 
 
 def stack_step(
-    plan: StackPlan, x: Tensor, contexts: list[Tensor | None], h0: Tensor | None
+    plan: StackPlan,
+    x: Tensor,
+    contexts: list[Tensor | None],
+    h0: Tensor | None,
+    output_shape: tuple[int, ...],
+    state_shape: tuple[int, ...],
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
-    """One batch-1 step through the planned stack: ``x`` (I,); ``contexts[l]`` (w_l - 1, 1, I_l) or None
-    for zeros; ``h0`` (L, H) or None. Returns ``(output (H,), states (L, H), next contexts (w_l - 1, 1,
-    I_l))``."""
-    dtype, storage = plan.dtype, _STORAGE[plan.dtype]
-    out, hn = np.empty(plan.hidden, storage), np.empty((len(plan.weights), plan.hidden), storage)
-    flat = np.empty(plan.context_numel, storage)
-    next_contexts, start = [], 0
-    for span, size in zip(plan.spans, plan.sizes, strict=True):
-        next_contexts.append(flat[start : start + span * size].reshape(span, size))
-        start += span * size
-    context_arrays = tuple(
-        zeros if c is None or not zeros.size else as_numpy(c.contiguous()).reshape(zeros.shape)
-        for c, zeros in zip(contexts, plan.zero_contexts, strict=True)
-    )
+    """One batch-1 step through the planned stack: ``x`` (I elements); ``contexts[l]`` (w_l - 1, 1, I_l)
+    or None for zeros; ``h0`` (L * H elements) or None. Returns ``(output, states, next contexts (w_l - 1,
+    1, I_l))``, the first two of the shapes asked for (H and L * H elements)."""
+    storage = plan.storage
+    out, hn = np.empty(output_shape, storage), np.empty(state_shape, storage)
+    if plan.windowed:
+        next_contexts = tuple(np.empty(shape, storage) for shape in plan.context_shapes)
+        context_arrays = tuple(
+            zeros if c is None or not zeros.size else _numpy(c.contiguous(), plan.half)
+            for c, zeros in zip(contexts, plan.zero_contexts, strict=True)
+        )
+    else:
+        next_contexts = context_arrays = plan.zero_contexts  # (empty: nothing is read or written)
     _stack(
         plan.weights,
         plan.biases,
-        as_numpy(x.contiguous()),
+        _numpy(x.contiguous(), plan.half),
         context_arrays,
-        NO_STATE[dtype] if h0 is None else as_numpy(h0.contiguous()),
+        NO_STATE[plan.dtype] if h0 is None else _numpy(h0.contiguous(), plan.half),
         out,
         hn,
-        tuple(next_contexts),
+        next_contexts,
         plan.options,
         plan.scales,
         plan.one,
         h0 is not None,
     )
-    contexts_out = [_tensor(c, dtype).unsqueeze(1) for c in next_contexts]
-    return _tensor(out, dtype), _tensor(hn, dtype), contexts_out
+    if not plan.windowed:
+        returned = plan.empty_contexts
+    else:
+        returned = [_tensor(c, plan.dtype) for c in next_contexts]
+    return _tensor(out, plan.dtype), _tensor(hn, plan.dtype), returned
+
+
+def _numpy(t: Tensor, half: bool) -> np.ndarray:
+    """A contiguous tensor's numpy view, half types as their storage (``_cpu.as_numpy`` without its
+    ``detach``: no gradient is taken on these paths)."""
+    return as_numpy(t) if half else t.numpy()
