@@ -12,13 +12,14 @@ the successor of the deprecated ``torch.ao.quantization``) on a model that uses 
    each quantize - dequantize - linear pattern with one ``onednn.qlinear_pointwise`` call on weights
    prepacked once: oneDNN's int8 matmul (AMX on CPUs that have ``amx_int8``, VNNI on those with
    ``avx512_vnni`` / ``avx_vnni``), its bias and output scaling fused, float32 out. The pooling
-   (``torchqrnn::qrnn_pool``) stays torchqrnn's CPU kernel. One compile serves every sequence length and
-   batch size (a second call with new sizes recompiles once with symbolic sizes).
+   (``torchqrnn::qrnn_pool``) stays torchqrnn's CPU kernel. One compile, with symbolic sizes, serves every
+   sequence length and batch size above 1.
 
 Why a helper rather than the recipe in the docs: freezing must be on both when Dynamo traces and when
 Inductor compiles, or the int8 weights are not prepacked and the product runs as a dequantized float32
-matmul (``aten.addmm``: no int8 product at all, two more passes over the data). Inductor reads freezing from its global configuration, which
-``torch.compile(options=...)`` does not reach in time, and setting it globally would freeze every other
+matmul (``aten.addmm``: no int8 product at all, two more passes over the data). Inductor reads freezing
+from its global configuration, which ``torch.compile(options=...)`` does not reach in time (the compile
+fails: ``onednn.qlinear_prepack`` on a graph input), and setting it globally would freeze every other
 model the process compiles. :class:`Int8Inference` turns it on around its own calls only.
 
 ``torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)`` keeps working on the
@@ -83,7 +84,8 @@ class Int8Inference(nn.Module):
     def __init__(self, quantized: nn.Module) -> None:
         super().__init__()
         self.quantized = quantized
-        self.compiled = torch.compile(quantized)
+        # symbolic sizes from the first call: one compile serves every T and B (the program is exported so)
+        self.compiled = torch.compile(quantized, dynamic=True)
 
     def forward(self, *args: Any) -> Any:
         import torch._inductor.config as inductor_config
