@@ -39,13 +39,15 @@ def test_layer_benchmark_is_the_default_and_prints_as_it_measures(tmp_path: path
     output = "".join(lines)
     for title in (
         "2. Training step", "3. Long sequence", "4. Streaming", "5. Peak memory", "6. bfloat16 autocast",
-        "7. int8 inference (quantize_dynamic)", "8. Streaming through the modules",
+        "7. int8 inference (quantize_dynamic; quantize_int8", "8. Streaming through the modules",
     ):  # fmt: skip
         assert title in output
     report = json.loads(report_path.read_text())
     assert set(report) >= {"figure4", "ptb_training", "long_sequence", "streaming", "memory", "machine"}
     assert report["bf16"]["training"]["qrnn_fp32_over_bf16"] > 0
-    assert report["int8"]["cells"]["8x32"]["relative_error"] < 0.03
+    assert report["int8"]["cells"]["8x32"]["relative_error"] < 0.03  # quantize_int8 (PT2E)
+    assert report["int8"]["cells"]["8x32"]["relative_error_dynamic"] < 0.03  # quantize_dynamic
+    assert report["int8"]["cells"]["16x64"]["pt2e_over_floor"] > 0 and report["int8"]["cpu"]
     assert report["streaming_modules"]["p99_us"]["qrnn_2"] > 0
     assert set(report["figure4"]["cells"]) == {"8x32", "8x64", "16x32", "16x64"}
     assert all(cell["speedup"] > 0 for cell in report["figure4"]["cells"].values())

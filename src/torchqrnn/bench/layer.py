@@ -13,8 +13,9 @@ Prints each figure as it is measured, and writes them as JSON (``--json``) and a
 5. peak memory of a training step (the PTB setting, CPU): QRNN vs ``nn.LSTM``;
 6. bfloat16 autocast (CPU), the PTB setting, training and inference: QRNN vs its float32 self vs
    ``nn.LSTM`` (float32 and autocast);
-7. int8 inference (``quantize_dynamic``, CPU) on the Figure 4 grid: QRNN int8 vs QRNN float32 vs ``nn.LSTM``
-   float32 and int8, with the int8 QRNN's output error against float32;
+7. int8 inference (CPU) on the Figure 4 grid through ``quantize_dynamic`` and ``quantize_int8`` (PT2E,
+   compiled): QRNN int8 vs QRNN float32 vs ``nn.LSTM`` float32 and int8, beside the floor (the int8 GEMM
+   alone plus the pooling alone), with the int8 QRNNs' output error against float32;
 8. streaming through the modules users call: ``QRNNLayer``, ``QRNN`` (1 and 2 layers) and ``StreamingQRNN``
    vs one and two ``nn.LSTMCell`` s, medians and each call's p50 / p99 (``--load N`` runs N busy processes
    beside every measurement, as on a shared machine).
@@ -38,6 +39,7 @@ from torch import nn
 
 from .. import QRNN, QRNNLayer, StreamingQRNN
 from ..ops.linear import cpu_gemm, linear
+from ..ops.qrnn_pool import qrnn_pool
 from .memory import peak_bytes
 from .options import check_device, check_output_path, check_plotting, command_parser, positive_int
 from .timing import Samples, busy_processes, interleaved, latencies, machine_info, percentile, ratio
@@ -396,13 +398,41 @@ def bf16_autocast(run: Run) -> dict[str, Any] | None:
     return result
 
 
+def _int8_floor(layer: QRNNLayer, x: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """The two halves of an int8 QRNN layer's call at their fastest, for ``x`` ``(T, B, I)``: oneDNN's int8
+    matmul (``onednn.qlinear_pointwise``, what the PT2E model's products compile to: uint8 input already
+    quantized, int8 weights prepacked, bias fused, float32 out) and the pooling alone on gates already
+    computed. Their sum is the floor of any int8 QRNN call (which also quantizes its input)."""
+    weight, bias = layer.linear.weight.detach(), layer.linear.bias.detach()
+    w_scale = (weight.abs().amax(1) / 127).clamp_min(1e-8)  # per output channel, symmetric
+    w_int8 = (weight / w_scale[:, None]).round().clamp(-128, 127).to(torch.int8)
+    rows = x.reshape(-1, x.shape[-1])
+    x_scale = float((rows.max() - rows.min()) / 255)
+    x_zero = round(-float(rows.min()) / x_scale)
+    x_uint8 = (rows / x_scale + x_zero).round().clamp(0, 255).to(torch.uint8)
+    packed = torch.ops.onednn.qlinear_prepack(w_int8, tuple(rows.shape))
+    w_zero = torch.zeros(w_int8.shape[0], dtype=torch.int64)
+    gates = layer.linear(x)
+
+    def int8_gemm() -> object:
+        return torch.ops.onednn.qlinear_pointwise(
+            x_uint8, x_scale, x_zero, packed, w_scale, w_zero, bias, 1.0, 0, torch.float32, "none", [], ""
+        )
+
+    return {"int8_gemm": int8_gemm, "pool": lambda: qrnn_pool(gates, None)}
+
+
 def int8_grid(run: Run) -> dict[str, Any] | None:
-    """Inference of one 320-unit layer quantized with ``torch.ao.quantization.quantize_dynamic`` (int8
-    projection) on the Figure 4 grid: QRNN int8 against QRNN fp32 and nn.LSTM fp32 and int8, with the
-    QRNN's output error against float32."""
+    """Inference of one 320-unit layer in int8 on the Figure 4 grid, through both APIs: the eager
+    ``torch.ao.quantization.quantize_dynamic`` (fbgemm) and :func:`torchqrnn.quantization.quantize_int8`
+    (PT2E, X86 Inductor quantizer, compiled: oneDNN's int8 matmul), against the QRNN and ``nn.LSTM`` in
+    float32 (and ``nn.LSTM`` under ``quantize_dynamic``), each row beside its floor (the int8 GEMM alone
+    plus the pooling alone), with both int8 outputs' error against float32."""
     if run.device.type != "cpu":
         return None
     import warnings
+
+    from ..quantization import quantize_int8
 
     batches, lengths = ([8, 16], [32, 64]) if run.quick else (BATCHES, LENGTHS)
     size = 320
@@ -410,52 +440,83 @@ def int8_grid(run: Run) -> dict[str, Any] | None:
     with warnings.catch_warnings():  # torch.ao's eager quantization is deprecated for torchao
         warnings.simplefilter("ignore")
         quantize = torch.ao.quantization.quantize_dynamic
-        qrnn_int8 = quantize(qrnn, {nn.Linear}, dtype=torch.qint8, inplace=False)
+        qrnn_dynamic = quantize(qrnn, {nn.Linear}, dtype=torch.qint8, inplace=False)
         lstm_int8 = quantize(lstm, {nn.LSTM}, dtype=torch.qint8, inplace=False)
+        qrnn_pt2e = quantize_int8(qrnn, torch.randn(lengths[0], batches[0], size))
+        qrnn_pt2e(torch.randn(lengths[0], batches[0], size))  # compiles (once: symbolic sizes)
+    cpu = machine_info()["cpu"]
     run.heading(
-        f"int8 inference (quantize_dynamic), {size}-unit layer: QRNN fp32 / QRNN int8, "
-        "nn.LSTM fp32 / QRNN int8 [nn.LSTM int8 / QRNN int8], output error"
+        "int8 inference (quantize_dynamic; quantize_int8: PT2E, X86 Inductor quantizer, compiled), "
+        f"{size}-unit layer, on {cpu}, {torch.get_num_threads()} threads"
     )
-    run.print("   batch \\ T " + "".join(f"{t:>24}" for t in lengths))
+    run.print(
+        "   floor = int8 GEMM alone (oneDNN qlinear, input already quantized) + pooling alone; "
+        "dyn = quantize_dynamic, PT2E = quantize_int8"
+    )
+    header = (
+        f"   {'B':>4} {'T':>4} | {'fp32':>7} {'dyn':>7} {'PT2E':>7} {'floor':>13} ms | fp32/dyn fp32/PT2E | "
+        "LSTM/dyn LSTM/PT2E [LSTM int8/PT2E] | PT2E/floor | error dyn PT2E"
+    )
+    run.print(header)
     cells: dict[str, Any] = {}
     with torch.no_grad():
         for batch in batches:
-            run.print(f"   {batch:>9} ", end="")
             for steps in lengths:
                 x = torch.randn(steps, batch, size)
-                candidates = {
-                    "qrnn_fp32": qrnn,
-                    "qrnn_int8": qrnn_int8,
-                    "lstm_fp32": lstm,
-                    "lstm_int8": lstm_int8,
+                candidates: dict[str, Callable[[], object]] = {
+                    "qrnn_fp32": functools.partial(qrnn, x),
+                    "qrnn_dynamic": functools.partial(qrnn_dynamic, x),
+                    "qrnn_pt2e": functools.partial(qrnn_pt2e, x),
+                    "lstm_fp32": functools.partial(lstm, x),
+                    "lstm_int8": functools.partial(lstm_int8, x),
+                    **_int8_floor(qrnn.layers[0], x),  # type: ignore[arg-type]
                 }
-                samples = run.time(
-                    {name: functools.partial(m, x) for name, m in candidates.items()}, min_seconds=0.01
-                )
+                samples = run.time(candidates, min_seconds=0.01)
+                gemm, pool = samples["int8_gemm"].seconds, samples["pool"].seconds
+                floor = Samples([g + p for g, p in zip(gemm, pool, strict=True)])
                 expected = qrnn(x)[0]
-                error = float((qrnn_int8(x)[0] - expected).norm() / expected.norm())
-                cell = {
-                    "ms": {name: s.median * 1e3 for name, s in samples.items()},
-                    "qrnn_fp32_over_int8": ratio(samples["qrnn_fp32"], samples["qrnn_int8"]),
-                    "lstm_fp32_over_qrnn_int8": ratio(samples["lstm_fp32"], samples["qrnn_int8"]),
-                    "lstm_int8_over_qrnn_int8": ratio(samples["lstm_int8"], samples["qrnn_int8"]),
-                    "relative_error": error,
+                errors = {
+                    name: float((model(x)[0] - expected).norm() / expected.norm())
+                    for name, model in (("dynamic", qrnn_dynamic), ("pt2e", qrnn_pt2e))
+                }
+                ms = {name: s.median * 1e3 for name, s in samples.items()}
+                cell: dict[str, Any] = {
+                    "ms": ms,
+                    "floor_ms": floor.median * 1e3,
+                    "qrnn_fp32_over_dynamic": ratio(samples["qrnn_fp32"], samples["qrnn_dynamic"]),
+                    "qrnn_fp32_over_pt2e": ratio(samples["qrnn_fp32"], samples["qrnn_pt2e"]),
+                    "lstm_fp32_over_dynamic": ratio(samples["lstm_fp32"], samples["qrnn_dynamic"]),
+                    "lstm_fp32_over_pt2e": ratio(samples["lstm_fp32"], samples["qrnn_pt2e"]),
+                    "lstm_int8_over_pt2e": ratio(samples["lstm_int8"], samples["qrnn_pt2e"]),
+                    "pt2e_over_floor": ratio(samples["qrnn_pt2e"], floor),
+                    "relative_error": errors["pt2e"],
+                    "relative_error_dynamic": errors["dynamic"],
                 }
                 cells[f"{batch}x{steps}"] = cell
-                text = (
-                    f"{cell['qrnn_fp32_over_int8']:.1f}x {cell['lstm_fp32_over_qrnn_int8']:.1f}x "
-                    f"[{cell['lstm_int8_over_qrnn_int8']:.1f}x] {100 * error:.1f}%"
+                run.print(
+                    f"   {batch:>4} {steps:>4} | {ms['qrnn_fp32']:>7.2f} {ms['qrnn_dynamic']:>7.2f} "
+                    f"{ms['qrnn_pt2e']:>7.2f} {cell['floor_ms']:>6.2f} "
+                    f"({ms['int8_gemm']:.1f}+{ms['pool']:.1f}) | "
+                    f"{cell['qrnn_fp32_over_dynamic']:>7.2f}x {cell['qrnn_fp32_over_pt2e']:>8.2f}x | "
+                    f"{cell['lstm_fp32_over_dynamic']:>7.2f}x {cell['lstm_fp32_over_pt2e']:>8.2f}x "
+                    f"[{cell['lstm_int8_over_pt2e']:>5.2f}x]{'':>10} | {cell['pt2e_over_floor']:>9.2f}x | "
+                    f"{100 * errors['dynamic']:>4.1f}% {100 * errors['pt2e']:.1f}%"
                 )
-                run.print(f"{text:>24}", end="")
-            run.print()
     for key, words in (
-        ("qrnn_fp32_over_int8", "QRNN fp32 / int8"),
-        ("lstm_fp32_over_qrnn_int8", "LSTM fp32 / QRNN int8"),
+        ("qrnn_fp32_over_dynamic", "QRNN fp32 / quantize_dynamic"),
+        ("qrnn_fp32_over_pt2e", "QRNN fp32 / quantize_int8"),
+        ("lstm_fp32_over_dynamic", "LSTM fp32 / QRNN quantize_dynamic"),
+        ("lstm_fp32_over_pt2e", "LSTM fp32 / QRNN quantize_int8"),
+        ("pt2e_over_floor", "quantize_int8 / its floor"),
     ):
         values = [cell[key] for cell in cells.values()]
         run.print(f"   {words}: {min(values):.2f}x to {max(values):.2f}x")
-    run.print(f"   largest output error {100 * max(c['relative_error'] for c in cells.values()):.2f}%")
-    return {"batches": batches, "lengths": lengths, "cells": cells}
+    run.print(
+        f"   largest output error: quantize_dynamic "
+        f"{100 * max(c['relative_error_dynamic'] for c in cells.values()):.2f}%, quantize_int8 "
+        f"{100 * max(c['relative_error'] for c in cells.values()):.2f}%"
+    )
+    return {"batches": batches, "lengths": lengths, "cpu": cpu, "cells": cells}
 
 
 def stream_step_candidates(size: int, device: torch.device) -> dict[str, Callable[[], object]]:
