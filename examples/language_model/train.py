@@ -16,8 +16,8 @@ the order of precedence is Config's defaults, then the preset, then the command 
 written atomically (``--save``) at every evaluation; ``--resume`` restores the model, the optimizer, the data
 position, the recurrent state and the random generators, so the resumed run takes the very steps the killed
 one would have taken. SIGINT (Ctrl+C) or SIGTERM (``kill``, a scheduler's stop) finishes the step, evaluates,
-saves (to a new file in ``out`` without ``--save``) and prints the command that resumes; a second one stops at
-once. The last line printed is one JSON object summarising the run.
+saves (without ``--save``, beside the log under its name) and prints the command that resumes; a second one
+stops at once. The last line printed is one JSON object summarising the run.
 
 Each new run writes a new JSON-lines log: by default ``runs/<model>-<preset>-<date>-<time>.jsonl`` (``--out``
 is the folder, which .gitignore covers); a run resumed with ``--resume`` appends to the log of the run it
@@ -185,6 +185,17 @@ def new_run_path(cfg: Config, suffix: str) -> str:
         except FileExistsError:
             continue
     raise FileExistsError(f"no free name {stem}-N{suffix} in {cfg.out!r}")
+
+
+def signal_checkpoint_path(cfg: Config) -> str:
+    """Where a run without ``--save`` saves when a signal stops it: beside its log, under the log's name
+    (``runs/QRNN-cpu-small-<date>-<time>.pt``), or a new file in ``cfg.out`` when that is taken or there is
+    no log."""
+    if cfg.log not in ("", "none"):
+        path = os.path.splitext(cfg.log)[0] + ".pt"
+        if not os.path.exists(path):
+            return path
+    return new_run_path(cfg, ".pt")
 
 
 @dataclass
@@ -359,7 +370,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def checkpoint_now() -> None:
         nonlocal cfg, saved_at
         if signalled and not cfg.save and master:  # a signal always leaves a checkpoint
-            cfg = replace(cfg, save=new_run_path(cfg, ".pt"))
+            cfg = replace(cfg, save=signal_checkpoint_path(cfg))
         full_state = [
             tuple(torch.cat(parts, dim=1) for parts in zip(*layers, strict=True))  # every rank's columns
             for layers in zip(*gather([tuple(t.detach().cpu() for t in s) for s in state]), strict=True)

@@ -234,7 +234,7 @@ def test_sigterm_saves_and_the_resumed_run_equals_an_uninterrupted_one(corpus: P
     found = re.search(r"^interrupted by SIGTERM at step (\d+): checkpoint saved to (.+)$", text, re.MULTILINE)
     assert found is not None, text[-3000:]
     step, saved = int(found[1]), found[2]
-    assert Path(saved).parent == tmp_path / "runs" and Path(saved).suffix == ".pt"
+    assert saved == str(tmp_path / "cut.pt")  # no --save: beside the log, under its name
     resume = shlex.split(re.search(r"^resume with: (.+)$", text, re.MULTILINE)[1])  # type: ignore[index]
     assert resume == ["python", "examples/language_model/train.py", "--resume", saved]
     assert json.loads(output[-1])["steps"] == step  # the summary follows
@@ -283,7 +283,16 @@ def test_a_signal_during_an_evaluation_ends_the_run_and_a_second_stops_at_once(
     out = capfd.readouterr()  # (the signal's notice is written to file descriptor 2)
     assert "SIGINT: finishing the step" in out.err
     saved = re.search(r"^interrupted by SIGINT at step 3: checkpoint saved to (.+)$", out.out, re.MULTILINE)
-    assert saved is not None and torch.load(saved[1], weights_only=True)["progress"]["step"] == 3
+    assert saved is not None and saved[1] == str(tmp_path / "log.pt")
+    assert torch.load(saved[1], weights_only=True)["progress"]["step"] == 3
+    # the log's name is taken: a new file in --out
+    (tmp_path / "log2.pt").write_bytes(b"")
+    monkeypatch.setattr(train, "evaluate", signalled_evaluate)
+    calls.clear()
+    run(corpus, "--eval-interval", "3", "--max-steps", "20", "--log", str(tmp_path / "log2.jsonl"))
+    saved = re.search(r"checkpoint saved to (.+)$", capfd.readouterr().out, re.MULTILINE)
+    assert saved is not None and Path(saved[1]).parent == corpus.parent / "runs"
+    assert Path(saved[1]).name.startswith("QRNN-custom-") and Path(saved[1]).suffix == ".pt"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
