@@ -8,14 +8,16 @@ regularisation, evaluation on valid and test. ``--model LSTM`` runs the same har
     python examples/language_model/train.py --preset cpu-small --data ../shared/data/penn --minutes 10
     python examples/language_model/train.py --preset cpu-small --data ../shared/data/penn --model LSTM
     python examples/language_model/train.py --preset awd-ptb --data data/penn --save runs/PTB.pt  # a recipe
-    python examples/language_model/train.py --resume runs/PTB.pt  # after a kill: on where it stopped
+    python examples/language_model/train.py --resume runs/PTB.pt  # after a crash: on where it stopped
     torchrun --nproc_per_node 2 examples/language_model/train.py --preset cpu-small ...  # DDP
 
 Every field of :class:`Config` is also an option (``--batch-size 20`` or awd-lstm-lm's ``--batch_size 20``);
 the order of precedence is Config's defaults, then the preset, then the command line. A checkpoint is
 written atomically (``--save``) at every evaluation; ``--resume`` restores the model, the optimizer, the data
 position, the recurrent state and the random generators, so the resumed run takes the very steps the killed
-one would have taken. The last line printed is one JSON object summarising the run.
+one would have taken. SIGINT (Ctrl+C) or SIGTERM (``kill``, a scheduler's stop) finishes the step, evaluates,
+saves (without ``--save``, beside the log under its name) and prints the command that resumes; a second one
+stops at once. The last line printed is one JSON object summarising the run.
 
 Each new run writes a new JSON-lines log: by default ``runs/<model>-<preset>-<date>-<time>.jsonl`` (``--out``
 is the folder, which .gitignore covers); a run resumed with ``--resume`` appends to the log of the run it
@@ -32,6 +34,7 @@ import math
 import os
 import random
 import re
+import shlex
 import signal
 import time
 from collections.abc import Iterator
@@ -169,18 +172,30 @@ def parse_args(argv: list[str] | None) -> tuple[Config, dict[str, Any] | None]:
     return replace(Config(), **{**preset, **given}), None
 
 
-def new_log_path(cfg: Config) -> str:
-    """A file of its own in ``cfg.out`` for a new run's log, created here so that no other run takes it."""
+def new_run_path(cfg: Config, suffix: str) -> str:
+    """A file of its own in ``cfg.out`` (a new run's log, or the checkpoint of a run stopped by a signal
+    without ``--save``), created here so that no other run takes it."""
     os.makedirs(cfg.out, exist_ok=True)
     stem = f"{cfg.model}-{cfg.preset or 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
     for n in range(1, 1000):
-        path = os.path.join(cfg.out, f"{stem}.jsonl" if n == 1 else f"{stem}-{n}.jsonl")
+        path = os.path.join(cfg.out, f"{stem}{suffix}" if n == 1 else f"{stem}-{n}{suffix}")
         try:
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             return path
         except FileExistsError:
             continue
-    raise FileExistsError(f"no free log name {stem}-N.jsonl in {cfg.out!r}")
+    raise FileExistsError(f"no free name {stem}-N{suffix} in {cfg.out!r}")
+
+
+def signal_checkpoint_path(cfg: Config) -> str:
+    """Where a run without ``--save`` saves when a signal stops it: beside its log, under the log's name
+    (``runs/QRNN-cpu-small-<date>-<time>.pt``), or a new file in ``cfg.out`` when that is taken or there is
+    no log."""
+    if cfg.log not in ("", "none"):
+        path = os.path.splitext(cfg.log)[0] + ".pt"
+        if not os.path.exists(path):
+            return path
+    return new_run_path(cfg, ".pt")
 
 
 @dataclass
@@ -195,6 +210,8 @@ class Progress:
     eval_seconds: float = 0.0  # of which evaluating and checkpointing
     optimizer: str = "sgd"  # the optimizer in use: "sgd", "asgd" or "adam"
     val_losses: list[float] = field(default_factory=list)  # SGD's validation history (the ASGD trigger)
+    loss_sum: float = 0.0  # sum of the training losses since the last scheduled evaluation
+    loss_steps: int = 0  # and their number
 
 
 def make_optimizer(kind: str, model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
@@ -334,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if master:
         if not cfg.log:  # a new run: a new log of its own (a resumed one keeps its run's log)
-            cfg = replace(cfg, log=new_log_path(cfg))
+            cfg = replace(cfg, log=new_run_path(cfg, ".jsonl"))
         for path in (cfg.log, cfg.save):
             if path not in ("", "none") and os.path.dirname(path):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -347,7 +364,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "step": progress.step, "config": asdict(cfg)})  # fmt: skip
 
     # -- checkpoints and evaluation
+    signalled = False  # a signal stopped the run (rank 0's, agreed by every rank in should_stop)
+    saved_at = -1  # the step of the last checkpoint written to a file
+
     def checkpoint_now() -> None:
+        nonlocal cfg, saved_at
+        if signalled and not cfg.save and master:  # a signal always leaves a checkpoint
+            cfg = replace(cfg, save=signal_checkpoint_path(cfg))
         full_state = [
             tuple(torch.cat(parts, dim=1) for parts in zip(*layers, strict=True))  # every rank's columns
             for layers in zip(*gather([tuple(t.detach().cpu() for t in s) for s in state]), strict=True)
@@ -362,6 +385,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "averaged": averaged, "optimizer": optimizer.state_dict(),
                              "progress": asdict(progress), "state": full_state, "rng": rngs,
                              "bptt_rng": bptt_rng.getstate()}, cfg.save)  # fmt: skip
+        if cfg.save or signalled:  # (the same on every rank: only rank 0 holds the path)
+            saved_at = progress.step
 
     def evaluate_and_checkpoint(train_loss: float, scheduled: bool) -> float:
         """Validate and save. Only scheduled evaluations (each epoch's end, every ``eval_interval`` steps)
@@ -393,39 +418,51 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             log_record(cfg.log, record)
         return val_loss
 
-    # -- stopping: budget, epochs, Ctrl+C (the first finishes the step, evaluates and saves)
+    # -- stopping: budget, epochs, a signal. SIGINT (Ctrl+C) or SIGTERM (what Slurm, Kubernetes and docker
+    # send before they kill) finishes the step, evaluates and saves; a second signal stops at once.
     started_at, seconds_before = time.perf_counter(), progress.seconds
 
     def elapsed() -> float:
         return seconds_before + time.perf_counter() - started_at
 
-    interrupted = False
+    interrupted: signal.Signals | None = None
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
 
-    def on_interrupt(signum: int, frame: Any) -> None:
+    def on_signal(signum: int, frame: Any) -> None:
         nonlocal interrupted
-        interrupted = True
-        signal.signal(signal.SIGINT, previous_handler)  # a second Ctrl+C stops at once
+        interrupted = signal.Signals(signum)
+        if master:  # os.write: print could reenter a write the signal interrupted
+            message = (
+                f"\n{interrupted.name}: finishing the step, then saving; a second signal stops at once\n"
+            )
+            os.write(2, message.encode())
+        for sig, handler in previous_handlers.items():  # the second signal meets the usual handlers
+            signal.signal(sig, handler)
 
-    previous_handler = signal.signal(signal.SIGINT, on_interrupt)
+    previous_handlers = {sig: signal.signal(sig, on_signal) for sig in stop_signals}
 
     def should_stop() -> bool:
+        nonlocal signalled
+        signalled = interrupted is not None
         stop = (
-            interrupted
+            signalled
             or (cfg.max_steps > 0 and progress.step >= cfg.max_steps)
             or (cfg.minutes > 0 and elapsed() >= 60 * cfg.minutes)
             or (progress.epoch >= cfg.epochs and progress.position >= rows - 2)
         )
-        if world > 1:  # rank 0's clock decides for everyone, so that all ranks take the same steps
-            flag = torch.tensor([stop], dtype=torch.uint8, device=device)
-            dist.broadcast(flag, src=0)
-            stop = bool(flag.item())
+        if world > 1:  # rank 0's clock and signals decide for everyone: all ranks take the same steps
+            flags = torch.tensor([stop, signalled], dtype=torch.uint8, device=device)
+            dist.broadcast(flags, src=0)
+            stop, signalled = bool(flags[0].item()), bool(flags[1].item())
         return stop
 
     # -- training
     model.train()
     val_loss = math.nan
     evaluated_at = progress.step if checkpoint is not None else -1  # a checkpoint follows an evaluation
-    loss_sum, loss_steps = torch.zeros((), device=device), 0
+    # the training loss since the last scheduled evaluation, carried over a resume
+    loss_sum = torch.tensor(progress.loss_sum, dtype=torch.float32, device=device)
+    loss_steps = progress.loss_steps
     bar = None
     stop = should_stop()
     while not stop:
@@ -474,15 +511,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         scheduled = end_of_epoch or (cfg.eval_interval > 0 and progress.step % cfg.eval_interval == 0)
         stop = should_stop()
         if scheduled or stop:
-            val_loss = evaluate_and_checkpoint(loss_sum.item() / loss_steps, scheduled)
+            train_loss = loss_sum.item() / loss_steps
+            if scheduled:  # the running training loss restarts at the evaluations an unbroken run makes
+                loss_sum, loss_steps = torch.zeros((), device=device), 0
+            progress.loss_sum, progress.loss_steps = loss_sum.item(), loss_steps  # into the checkpoint
+            val_loss = evaluate_and_checkpoint(train_loss, scheduled)
             evaluated_at = progress.step
-            loss_sum, loss_steps = torch.zeros((), device=device), 0
+            # A budget that ran out (or a signal that came) during the evaluation ends the run here
+            stop = stop or should_stop()
         if end_of_epoch:
             bar.close()
             bar = None
     if bar is not None:
         bar.close()
-    signal.signal(signal.SIGINT, previous_handler)
+    for sig, handler in previous_handlers.items():
+        signal.signal(sig, handler)
+    if signalled and saved_at != progress.step:  # it came during an evaluation of a run without --save
+        checkpoint_now()
+    if signalled and master:
+        assert interrupted is not None
+        launcher = ["torchrun", "--nproc_per_node", str(world)] if world > 1 else ["python"]
+        resume = [*launcher, os.path.relpath(__file__), "--resume", cfg.save]
+        print(
+            f"interrupted by {interrupted.name} at step {progress.step}: checkpoint saved to {cfg.save}\n"
+            f"resume with: {shlex.join(resume)}",
+            flush=True,
+        )
     if evaluated_at != progress.step:  # resumed a finished run: nothing trained, evaluate all the same
         val_loss = evaluate_and_checkpoint(math.nan, scheduled=False)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -42,7 +43,15 @@ def test_layer_benchmark_is_the_default_and_prints_as_it_measures(tmp_path: path
         "7. int8 inference (quantize_dynamic; quantize_int8", "8. Streaming through the modules",
     ):  # fmt: skip
         assert title in output
+    # each heading counts the sections and estimates the time left; the end says how long it all took
+    assert re.search(r"^# 8 sections, about \d+ (s|min \d\d s) on a quiet 2-core machine$", output, re.M)
+    numbered = re.findall(r"^(\d)\. .* \((\d) of 8, about \d+ (?:s|min \d\d s) left\)$", output, re.M)
+    assert numbered == [(str(n), str(n)) for n in range(1, 9)]
+    assert re.search(r"^# done in \d+ (s|min \d\d s)$", output, re.M)
     report = json.loads(report_path.read_text())
+    assert list(report["sections"]) == list(layer.SECTIONS)
+    assert all(s["seconds"] > 0 and s["largest_spread"] >= 1 for s in report["sections"].values())
+    assert report["memory"]["mb"]["qrnn"] > 0.1 and report["memory"]["mb"]["lstm"] > 0.1  # (was 0.0 MB)
     assert set(report) >= {"figure4", "ptb_training", "long_sequence", "streaming", "memory", "machine"}
     assert report["bf16"]["training"]["qrnn_fp32_over_bf16"] > 0
     assert report["int8"]["cells"]["8x32"]["relative_error"] < 0.03  # quantize_int8 (PT2E)
@@ -61,7 +70,8 @@ def test_layer_benchmark_runs_one_section(tmp_path: pathlib.Path) -> None:
     report_path = tmp_path / "bench.json"
     result = _bench("layer", "--quick", "--only", "streaming", "--json", str(report_path))
     assert "1. Streaming, batch 1" in result.stdout and "Inference speed-up" not in result.stdout
-    assert set(json.loads(report_path.read_text())) == {"device", "machine", "quick", "load", "streaming"}
+    report_keys = {"device", "machine", "quick", "load", "sections", "streaming"}
+    assert set(json.loads(report_path.read_text())) == report_keys
 
 
 def test_layer_benchmark_under_load(tmp_path: pathlib.Path) -> None:

@@ -8,8 +8,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -198,6 +202,127 @@ def test_minutes_budget_stops_cleanly(corpus: Path, tmp_path: Path, capsys: pyte
     assert records(log, "summary")[0]["val_ppl"] == summary["val_ppl"]
     progress = torch.load(checkpoint, weights_only=True)["progress"]
     assert progress["step"] == summary["steps"]  # the checkpoint holds the very end of the run
+
+
+def eval_losses(log: Path) -> dict[int, tuple[float, float]]:
+    """Each evaluation's (training loss since the last scheduled one, validation loss), by step."""
+    return {r["step"]: (r["train_loss"], r["val_loss"]) for r in records(log, "eval")}
+
+
+def test_sigterm_saves_and_the_resumed_run_equals_an_uninterrupted_one(corpus: Path, tmp_path: Path) -> None:
+    # Dropout and ASGD on: the random generators and the averaged weights must carry over too. No --save: a
+    # signal leaves a checkpoint all the same.
+    common = [*TINY, "--data", str(corpus), "--optimizer", "asgd", "--eval-interval", "4", "--seed", "7"]
+    cut_log, whole_log = tmp_path / "cut.jsonl", tmp_path / "whole.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, str(LM / "train.py"), *common, "--epochs", "1000", "--log", str(cut_log),
+               "--out", str(tmp_path / "runs")]  # fmt: skip
+    with subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as job:
+        assert job.stdout is not None
+        output = []
+        for line in job.stdout:  # training has begun once the first evaluation is printed
+            output.append(line)
+            if line.startswith("| step"):
+                job.send_signal(signal.SIGTERM)
+                break
+        output += job.stdout.readlines()
+        assert job.wait(timeout=120) == 0, "".join(output)[-3000:]
+    text = "".join(output)
+    assert "SIGTERM: finishing the step, then saving; a second signal stops at once" in text
+    found = re.search(r"^interrupted by SIGTERM at step (\d+): checkpoint saved to (.+)$", text, re.MULTILINE)
+    assert found is not None, text[-3000:]
+    step, saved = int(found[1]), found[2]
+    assert saved == str(tmp_path / "cut.pt")  # no --save: beside the log, under its name
+    resume = shlex.split(re.search(r"^resume with: (.+)$", text, re.MULTILINE)[1])  # type: ignore[index]
+    assert resume == ["python", "examples/language_model/train.py", "--resume", saved]
+    assert json.loads(output[-1])["steps"] == step  # the summary follows
+    checkpoint = torch.load(saved, weights_only=True)
+    assert checkpoint["progress"]["step"] == step  # the step the signal fell in was finished, then saved
+
+    # resumed in this process (the command above, and a budget), against a run never interrupted
+    end = step + 6  # a scheduled evaluation in between, unless the signal fell just before one
+    train.main([*resume[2:], "--max-steps", str(end)])
+    expected = train.main([*common, "--max-steps", str(end), "--log", str(whole_log),
+                           "--save", str(tmp_path / "whole.pt")])  # fmt: skip
+    resumed = json.loads(cut_log.read_text().splitlines()[-1])
+    assert {k: resumed[k] for k in ("val_ppl", "test_ppl", "steps", "epochs")} == {
+        k: expected[k] for k in ("val_ppl", "test_ppl", "steps", "epochs")
+    }
+    whole_losses, cut_losses = eval_losses(whole_log), eval_losses(cut_log)
+    assert set(whole_losses) == {s for s in range(4, end, 4)} | {end}
+    assert {s: cut_losses[s] for s in whole_losses} == whole_losses  # bit for bit
+    a = torch.load(tmp_path / "whole.pt", weights_only=True)
+    b = torch.load(saved, weights_only=True)
+    for key in ("model", "averaged"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
+        assert all(torch.equal(pa[k], pb[k]) for k in ("ax", "eta", "mu", "step"))
+
+
+def test_a_signal_during_an_evaluation_ends_the_run_and_a_second_stops_at_once(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
+    evaluate = train.evaluate
+    log = tmp_path / "log.jsonl"
+
+    calls = []
+
+    def signalled_evaluate(*args: Any, **kwargs: Any) -> float:
+        calls.append(args[3])  # (model, source, bptt, desc)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGINT)  # during the scheduled validation at step 3
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", signalled_evaluate)
+    summary = run(corpus, "--eval-interval", "3", "--max-steps", "20", "--log", str(log))
+    assert summary["steps"] == 3 and [r["step"] for r in records(log, "eval")] == [3]
+    assert calls == ["validating", "testing"]
+    out = capfd.readouterr()  # (the signal's notice is written to file descriptor 2)
+    assert "SIGINT: finishing the step" in out.err
+    saved = re.search(r"^interrupted by SIGINT at step 3: checkpoint saved to (.+)$", out.out, re.MULTILINE)
+    assert saved is not None and saved[1] == str(tmp_path / "log.pt")
+    assert torch.load(saved[1], weights_only=True)["progress"]["step"] == 3
+    # the log's name is taken: a new file in --out
+    (tmp_path / "log2.pt").write_bytes(b"")
+    monkeypatch.setattr(train, "evaluate", signalled_evaluate)
+    calls.clear()
+    run(corpus, "--eval-interval", "3", "--max-steps", "20", "--log", str(tmp_path / "log2.jsonl"))
+    saved = re.search(r"checkpoint saved to (.+)$", capfd.readouterr().out, re.MULTILINE)
+    assert saved is not None and Path(saved[1]).parent == corpus.parent / "runs"
+    assert Path(saved[1]).name.startswith("QRNN-custom-") and Path(saved[1]).suffix == ".pt"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+    def twice(*args: Any, **kwargs: Any) -> float:
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)  # the usual handler again: KeyboardInterrupt, no save
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", twice)
+    with pytest.raises(KeyboardInterrupt):
+        run(corpus, "--eval-interval", "3", "--max-steps", "20", "--log", "none",
+            "--save", str(tmp_path / "never.pt"))  # fmt: skip
+    assert not (tmp_path / "never.pt").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_budget_that_ends_during_an_evaluation_ends_the_run(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    evaluate = train.evaluate
+    log = tmp_path / "log.jsonl"
+
+    def slow_evaluate(*args: Any, **kwargs: Any) -> float:
+        time.sleep(1.5)  # the budget (1.2 s) runs out during the first validation
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", slow_evaluate)
+    summary = run(corpus, "--eval-interval", "2", "--minutes", "0.02", "--epochs", "1000", "--log", str(log))
+    assert summary["steps"] == 2  # no step after it, and no second evaluation
+    assert [r["step"] for r in records(log, "eval")] == [2]
 
 
 def test_ddp_two_processes_equal_one_process(corpus: Path, tmp_path: Path) -> None:

@@ -332,7 +332,7 @@ def figure4_speedups(
     """LSTM time over QRNN time, inference, per ``"{batch}x{steps}"``: one layer each, interleaved rounds."""
     qrnn = torchqrnn.QRNN(hidden, hidden, window=window, backend="triton", device=device, dtype=dtype).eval()
     lstm = torch.nn.LSTM(hidden, hidden, device=device, dtype=dtype).eval()
-    speedups = {}
+    speedups: dict[str, float] = {}
     for batch in batches:
         for steps in steps_list:
             x = torch.randn(steps, batch, hidden, device=device, dtype=dtype)

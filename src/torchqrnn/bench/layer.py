@@ -21,7 +21,10 @@ Prints each figure as it is measured, and writes them as JSON (``--json``) and a
    beside every measurement, as on a shared machine).
 
 Candidates are timed interleaved in the same rounds and ratios are medians of per-round ratios (see
-``torchqrnn.bench.timing``): this project's machines drift by 2x within seconds. ``--quick`` is a smoke run.
+``torchqrnn.bench.timing``): this project's machines drift by 2x within seconds. A ratio whose rounds disagree
+by more than 1.5x is marked ``?``, and a section measured on a busy machine (such ratios, or a load average
+beyond this benchmark's threads) ends with a note that says so. Headings number the sections and estimate
+the time left. ``--quick`` is a smoke run.
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
+import textwrap
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +48,18 @@ from ..ops.linear import cpu_gemm, linear
 from ..ops.qrnn_pool import qrnn_pool
 from .memory import peak_bytes
 from .options import check_device, check_output_path, check_plotting, command_parser, positive_int
-from .timing import Samples, busy_processes, interleaved, latencies, machine_info, percentile, ratio
+from .text import busy_note, duration, times
+from .timing import (
+    Samples,
+    busy_processes,
+    interleaved,
+    latencies,
+    load_average,
+    machine_info,
+    percentile,
+    ratio,
+    spread,
+)
 
 BATCHES = [8, 16, 32, 64, 128, 256]
 LENGTHS = [32, 64, 128, 256, 512]
@@ -66,15 +83,53 @@ class Budget:
     min_seconds: float = 0.02
 
 
+# Seconds each section takes in a full and in a --quick run on this project's 2-core machine, for the estimate
+# of the time left, which scales them by how this run's finished sections compare (so only their proportions
+# matter once one has finished). Full: one run under load (load average 6 to 9: 36 minutes in all, December
+# 2026), the timed sections scaled by 0.11 to the four minutes of a quiet run, the latency ones (streaming,
+# streaming_modules: a fixed number of calls) and memory (a fixed number of steps) by less. Quick: one run
+# under load 4.5.
+SECTION_SECONDS = {
+    "figure4": 46.0,
+    "ptb_training": 29.0,
+    "long_sequence": 4.0,
+    "streaming": 10.0,
+    "memory": 5.0,
+    "bf16": 38.0,
+    "int8": 110.0,
+    "streaming_modules": 20.0,
+}
+QUICK_SECTION_SECONDS = {
+    "figure4": 4.0,
+    "ptb_training": 1.5,
+    "long_sequence": 0.2,
+    "streaming": 6.0,
+    "memory": 2.0,
+    "bf16": 1.0,
+    "int8": 2.7,
+    "streaming_modules": 12.0,
+}
+
+
 @dataclass
 class Run:
-    """What every section gets: where to run, how long to measure, and how to print as it goes."""
+    """What every section gets: where to run, how long to measure, and how to print as it goes.
+
+    ``main`` tells it the sections planned and brackets each with :meth:`begin` and :meth:`end`: headings
+    then carry the section's number and the time left, and a section measured on a busy machine ends with a
+    note that says so (see :func:`~torchqrnn.bench.text.busy_note`)."""
 
     device: torch.device
     budget: Budget
     quick: bool
     out: Any = field(default_factory=lambda: sys.stdout)
     sections_printed: int = 0
+    plan: list[str] = field(default_factory=list)  # the sections this run measures, in order
+    seconds: dict[str, float] = field(default_factory=dict)  # how long each finished section took
+    current: str = ""
+    spreads: list[float] = field(default_factory=list)  # of the current section's measurements
+    loads: list[float] = field(default_factory=list)  # load averages seen during the current section
+    _started: float = 0.0
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -97,11 +152,57 @@ class Run:
     ) -> dict[str, Samples]:
         budget = budget or self.budget
         seconds = budget.min_seconds if min_seconds is None else min(budget.min_seconds, min_seconds)
-        return interleaved(candidates, rounds=budget.rounds, min_seconds=seconds)
+        samples = interleaved(candidates, rounds=budget.rounds, min_seconds=seconds)
+        self.spreads.append(spread(samples))
+        self._sample_load()
+        return samples
+
+    def _sample_load(self) -> None:
+        load = load_average()
+        if load is not None:
+            self.loads.append(load)
+
+    def begin(self, name: str) -> None:
+        self.current, self.spreads, self.loads = name, [], []
+        self._sample_load()
+        self._started = time.perf_counter()
+
+    def end(self) -> dict[str, Any]:
+        """Close the current section: print the busy-machine note if it applies; what the JSON records."""
+        self._sample_load()
+        self.seconds[self.current] = time.perf_counter() - self._started
+        threads, cpus = torch.get_num_threads(), os.cpu_count() or 1
+        load = max(self.loads) if self.loads else None
+        largest = max(self.spreads, default=1.0)
+        # (a section that timed nothing, as the memory one, has no figure a busy machine changes)
+        note = busy_note(largest, load, threads, cpus) if self.spreads else None
+        if note is not None:
+            self.print(textwrap.fill(note, 108, initial_indent="   ", subsequent_indent="   "))
+        return {
+            "seconds": self.seconds[self.current],
+            "largest_spread": largest,
+            "load_average": load,
+            "busy": note is not None,
+        }
+
+    def time_left(self) -> float:
+        """Seconds the sections not finished yet should take: their reference times, scaled by how long the
+        finished ones took against theirs (1 before any has finished)."""
+        reference = QUICK_SECTION_SECONDS if self.quick else SECTION_SECONDS
+        done = [name for name in self.plan if name in self.seconds]
+        expected_done = sum(reference[name] for name in done)
+        scale = sum(self.seconds[name] for name in done) / expected_done if expected_done else 1.0
+        return scale * sum(reference[name] for name in self.plan if name not in self.seconds)
 
     def heading(self, title: str) -> None:
         self.sections_printed += 1
-        self.print(f"\n{self.sections_printed}. {title}")
+        if self.current in self.plan:  # numbered by the plan: "3. ... (3 of 8, about 2 min 10 s left)"
+            number = self.plan.index(self.current) + 1
+            self.print(
+                f"\n{number}. {title} ({number} of {len(self.plan)}, about {duration(self.time_left())} left)"
+            )
+        else:  # a section called on its own (the GPU benchmark calls ptb_training)
+            self.print(f"\n{self.sections_printed}. {title}")
 
     def print(self, text: str = "", end: str = "\n") -> None:
         print(text, end=end, file=self.out, flush=True)
@@ -131,7 +232,7 @@ def figure4_grid(run: Run) -> dict[str, Any]:
     run.heading(
         "Inference speed-up of a 320-unit QRNN layer over nn.LSTM (paper's cuDNN numbers in brackets)"
     )
-    run.print("   batch \\ T " + "".join(f"{t:>14}" for t in lengths))
+    run.print("   batch \\ T " + "".join(f"{t:>16}" for t in lengths))
     cells: dict[str, Any] = {}
     with torch.no_grad():
         for batch in batches:
@@ -154,10 +255,10 @@ def figure4_grid(run: Run) -> dict[str, Any]:
                 }
                 k = LENGTHS.index(steps) if steps in LENGTHS else len(paper)
                 bracket = f" [{paper[k]:.1f}]" if k < len(paper) else ""
-                run.print(f"{speedup:>8.1f}x{bracket:>6}", end="")
+                run.print(f"{times(speedup, 1, 10)}{bracket:>6}", end="")
             run.print()
     speedups = [cell["speedup"] for cell in cells.values()]
-    run.print(f"   slowest cell {min(speedups):.2f}x, fastest {max(speedups):.2f}x")
+    run.print(f"   slowest cell {times(min(speedups))}, fastest {times(max(speedups))}")
     return {"batches": batches, "lengths": lengths, "cells": cells}
 
 
@@ -179,7 +280,7 @@ def ptb_training(run: Run) -> dict[str, Any]:
         ratio(samples["gru"], samples["qrnn"]),
     )
     run.print("   " + ", ".join(f"{name} {s.median * 1e3:.1f} ms" for name, s in samples.items()))
-    run.print(f"   nn.LSTM / QRNN = {lstm_over_qrnn:.2f}x, nn.GRU / QRNN = {gru_over_qrnn:.2f}x")
+    run.print(f"   nn.LSTM / QRNN = {times(lstm_over_qrnn)}, nn.GRU / QRNN = {times(gru_over_qrnn)}")
 
     # One layer as in the middle of a network (its input needs a gradient) against its projection alone
     # (the same GEMMs, forward and backward: dX and dW, through the same F.linear / oneDNN choices) and
@@ -222,8 +323,8 @@ def ptb_training(run: Run) -> dict[str, Any]:
     run.print(
         f"   one QRNN layer {result['layer_ms']:.2f} ms vs its projection GEMM alone "
         f"{result['layer_gemm_ms']:.2f} ms (forward+backward, GEMM: {result['cpu_gemm']}): "
-        f"{result['layer_over_gemm']:.2f}x the floor; one nn.LSTM layer {result['layer_lstm_ms']:.2f} ms, "
-        f"{result['lstm_layer_over_layer']:.2f}x the QRNN layer"
+        f"{times(result['layer_over_gemm'])} the floor; one nn.LSTM layer {result['layer_lstm_ms']:.2f} ms, "
+        f"{times(result['lstm_layer_over_layer'])} the QRNN layer"
     )
     return result
 
@@ -246,7 +347,7 @@ def long_sequence_training(run: Run) -> dict[str, Any]:
     }
     run.print(
         f"   QRNN {result['ms']['qrnn']:.2f} ms, nn.LSTM {result['ms']['lstm']:.2f} ms: "
-        f"nn.LSTM / QRNN = {result['lstm_over_qrnn']:.2f}x"
+        f"nn.LSTM / QRNN = {times(result['lstm_over_qrnn'])}"
     )
     return result
 
@@ -309,15 +410,16 @@ def streaming(run: Run) -> dict[str, Any]:
                 figures[f"window_{window}"] = row
                 shape = f"{weight.shape[0]} x {weight.shape[1]}"
                 cells = (
-                    f"; nn.LSTMCell {row['us']['lstm_cell']:6.1f} us = {row['lstm_cell_over_qrnn']:5.2f}x "
-                    f"the QRNN step, nn.GRUCell {row['gru_cell_over_qrnn']:5.2f}x"
+                    f"; nn.LSTMCell {row['us']['lstm_cell']:6.1f} us = "
+                    f"{times(row['lstm_cell_over_qrnn'], width=7)} "
+                    f"the QRNN step, nn.GRUCell {times(row['gru_cell_over_qrnn'], width=7)}"
                     if window == 1
                     else ""
                 )
                 run.print(
                     f"   {threads} thread{'s' if threads > 1 else ' '}, window {window}: QRNNLayer step "
                     f"{row['us']['qrnn']:6.1f} us, floor ({row['floor']} {shape}) "
-                    f"{row['us'][floor]:6.1f} us: {row['qrnn_over_floor']:5.2f}x the floor{cells}"
+                    f"{row['us'][floor]:6.1f} us: {times(row['qrnn_over_floor'], width=7)} the floor{cells}"
                 )
             result["threads"][threads] = figures
     finally:
@@ -391,9 +493,9 @@ def bf16_autocast(run: Run) -> dict[str, Any] | None:
         result[mode] = figures
         run.print(f"   {mode}: " + ", ".join(f"{name} {ms:.1f} ms" for name, ms in figures["ms"].items()))
         run.print(
-            f"   {mode}: QRNN fp32 / QRNN bf16 = {figures['qrnn_fp32_over_bf16']:.2f}x; nn.LSTM fp32 / QRNN "
-            f"bf16 = {figures['lstm_fp32_over_qrnn_bf16']:.2f}x, nn.LSTM bf16 / QRNN bf16 = "
-            f"{figures['lstm_bf16_over_qrnn_bf16']:.2f}x"
+            f"   {mode}: QRNN fp32 / QRNN bf16 = {times(figures['qrnn_fp32_over_bf16'])}; nn.LSTM fp32 / "
+            f"QRNN bf16 = {times(figures['lstm_fp32_over_qrnn_bf16'])}, nn.LSTM bf16 / QRNN bf16 = "
+            f"{times(figures['lstm_bf16_over_qrnn_bf16'])}"
         )
     return result
 
@@ -497,9 +599,12 @@ def int8_grid(run: Run) -> dict[str, Any] | None:
                     f"   {batch:>4} {steps:>4} | {ms['qrnn_fp32']:>7.2f} {ms['qrnn_dynamic']:>7.2f} "
                     f"{ms['qrnn_pt2e']:>7.2f} {cell['floor_ms']:>6.2f} "
                     f"({ms['int8_gemm']:.1f}+{ms['pool']:.1f}) | "
-                    f"{cell['qrnn_fp32_over_dynamic']:>7.2f}x {cell['qrnn_fp32_over_pt2e']:>8.2f}x | "
-                    f"{cell['lstm_fp32_over_dynamic']:>7.2f}x {cell['lstm_fp32_over_pt2e']:>8.2f}x "
-                    f"[{cell['lstm_int8_over_pt2e']:>5.2f}x]{'':>10} | {cell['pt2e_over_floor']:>9.2f}x | "
+                    f"{times(cell['qrnn_fp32_over_dynamic'], width=8)} "
+                    f"{times(cell['qrnn_fp32_over_pt2e'], width=9)} | "
+                    f"{times(cell['lstm_fp32_over_dynamic'], width=8)} "
+                    f"{times(cell['lstm_fp32_over_pt2e'], width=9)} "
+                    f"[{times(cell['lstm_int8_over_pt2e'], width=7)}]{'':>8} | "
+                    f"{times(cell['pt2e_over_floor'], width=10)} | "
                     f"{100 * errors['dynamic']:>4.1f}% {100 * errors['pt2e']:.1f}%"
                 )
     for key, words in (
@@ -510,7 +615,7 @@ def int8_grid(run: Run) -> dict[str, Any] | None:
         ("pt2e_over_floor", "quantize_int8 / its floor"),
     ):
         values = [cell[key] for cell in cells.values()]
-        run.print(f"   {words}: {min(values):.2f}x to {max(values):.2f}x")
+        run.print(f"   {words}: {times(min(values))} to {times(max(values))}")
     run.print(
         f"   largest output error: quantize_dynamic "
         f"{100 * max(c['relative_error_dynamic'] for c in cells.values()):.2f}%, quantize_int8 "
@@ -590,10 +695,10 @@ def streaming_modules(run: Run) -> dict[str, Any]:
         + ", ".join(f"{n} {result['p50_us'][n]:.0f}/{result['p99_us'][n]:.0f} us" for n in candidates)
     )
     run.print(
-        f"   nn.LSTMCell / QRNN(1 layer) = {result['lstm_cell_1_over_qrnn_1']:.2f}x, 2 nn.LSTMCells / "
-        f"QRNN(2 layers) = {result['lstm_cell_2_over_qrnn_2']:.2f}x, / StreamingQRNN(2 layers) = "
-        f"{result['lstm_cell_2_over_streaming_qrnn_2']:.2f}x; QRNN(1 layer) / QRNNLayer = "
-        f"{result['qrnn_1_over_layer']:.2f}x"
+        f"   nn.LSTMCell / QRNN(1 layer) = {times(result['lstm_cell_1_over_qrnn_1'])}, 2 nn.LSTMCells / "
+        f"QRNN(2 layers) = {times(result['lstm_cell_2_over_qrnn_2'])}, / StreamingQRNN(2 layers) = "
+        f"{times(result['lstm_cell_2_over_streaming_qrnn_2'])}; QRNN(1 layer) / QRNNLayer = "
+        f"{times(result['qrnn_1_over_layer'])}"
     )
     run.print(
         f"   against the floors (each layer's matrix-vector product, summed; CPU: {result['cpu']}): "
@@ -684,7 +789,7 @@ def main(argv: list[str] | None = None) -> int:
         budget.rounds = args.rounds
 
     torch.manual_seed(0)
-    run = Run(device, budget, args.quick)
+    run = Run(device, budget, args.quick, plan=sections)
     info = machine_info()
     run.print(f"# torchqrnn benchmark on {device}: {info['cpu']}, {info['torch_threads']} threads")
     run.print(f"# versions: {info['versions']}")
@@ -692,9 +797,14 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"device": str(device), "machine": info, "quick": args.quick, "load": args.load}
     if args.load:
         run.print(f"# load: {args.load} busy processes beside every measurement")
+    run.print(f"# {len(sections)} sections, about {duration(run.time_left())} on a quiet 2-core machine")
+    report["sections"] = {}
     with busy_processes(args.load):
         for name in sections:
+            run.begin(name)
             report[name] = SECTIONS[name](run)
+            report["sections"][name] = run.end()
+    run.print(f"\n# done in {duration(sum(run.seconds.values()))}")
     if args.json:
         with open(args.json, "w") as out:
             json.dump(report, out, indent=2)

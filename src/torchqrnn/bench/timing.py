@@ -65,9 +65,58 @@ def interleaved(
     return samples
 
 
-def ratio(numerator: Samples, denominator: Samples) -> float:
-    """Median over rounds of numerator / denominator, both sampled in the same rounds."""
-    return statistics.median(a / b for a, b in zip(numerator.seconds, denominator.seconds, strict=True))
+# The per-round ratios of one figure agree within this factor (largest / smallest) on a quiet machine; wider,
+# some rounds ran while something else had the cores, and their median can land anywhere (a figure that
+# cannot be, as a QRNN step at 0.01x the matrix-vector product it contains).
+STEADY_SPREAD = 1.5
+
+
+class Ratio(float):
+    """A ratio of two candidates timed in the same rounds: its value is the median of the per-round ratios,
+    ``spread`` their largest over their smallest (1.0: every round agreed). A float everywhere else (JSON,
+    arithmetic, ``min``)."""
+
+    spread: float
+
+    def __new__(cls, value: float, spread: float = 1.0) -> Ratio:
+        obj = super().__new__(cls, value)
+        obj.spread = spread
+        return obj
+
+    @property
+    def steady(self) -> bool:
+        return self.spread <= STEADY_SPREAD
+
+
+def ratio(numerator: Samples, denominator: Samples) -> Ratio:
+    """Median over rounds of numerator / denominator, both sampled in the same rounds, with its spread."""
+    per_round = [a / b for a, b in zip(numerator.seconds, denominator.seconds, strict=True)]
+    return Ratio(statistics.median(per_round), max(per_round) / min(per_round))
+
+
+def spread(samples: dict[str, Samples]) -> float:
+    """How far the rounds of one interleaved measurement disagree: the widest spread of any candidate's
+    per-round ratio to the first candidate (1.0 for a single candidate)."""
+    first, *others = samples.values()
+    return max([ratio(other, first).spread for other in others], default=1.0)
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (runnable processes, ours included), where the system has one."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def others_load(load: float, threads: int, cpus: int) -> float:
+    """The part of a load average that is not this benchmark's own ``threads`` (at most one per CPU)."""
+    return max(load - min(threads, cpus), 0.0)
+
+
+def machine_busy(load: float | None, threads: int, cpus: int) -> bool:
+    """Other processes kept at least one CPU busy (a quarter of them on large machines), on average."""
+    return load is not None and others_load(load, threads, cpus) >= max(1.0, 0.25 * cpus)
 
 
 class CopyBandwidth:

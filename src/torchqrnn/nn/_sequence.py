@@ -59,7 +59,8 @@ def check_input(input: object, input_size: int, weight: Tensor | None, owner: st
         )
     if input.dtype != weight.dtype and not torch.is_autocast_enabled(input.device.type):
         raise RuntimeError(
-            f"{owner}: expected input of dtype {weight.dtype} (the parameters'), got {input.dtype}"
+            f"{owner}: expected input of dtype {weight.dtype} (the parameters'), got {input.dtype}. "
+            f"Convert the input: input.to({weight.dtype}), or the model: model.to({input.dtype})"
         )
     return input
 

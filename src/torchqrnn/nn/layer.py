@@ -22,11 +22,13 @@ from ._sequence import autocast_note, check_input, pack_like, state_dtype_ok, un
 
 class StackCall(NamedTuple):
     """What a :class:`QRNN` passes a layer it calls (``layer(x, h0, stack=StackCall(...))``): the window
-    context, the lengths of a packed batch (on the input's device), and the layout of ``x``."""
+    context, the lengths of a packed batch (on the input's device), the layout of ``x``, and the name its
+    errors give (the ``QRNN`` and which of its layers)."""
 
     context: Tensor | None
     lengths: Tensor | None
     batch_first: bool
+    owner: str
 
 
 # The weight types of a projection the layer may compute itself (anything else may override the product).
@@ -300,7 +302,7 @@ class QRNNLayer(nn.Module):
             return None  # a tensor subclass, or a weight moved out of the parameters (called as the module)
         return weight, bias
 
-    def _project(self, source: Tensor) -> Tensor:
+    def _project(self, source: Tensor, owner: str) -> Tensor:
         """The gates ``[Z; F; O; I]`` of ``source``: ``self.linear(source)``, computed by the layer itself
         (:func:`~torchqrnn.ops.linear.linear`: oneDNN where faster) where that is exactly the same."""
         count = gate_count(self.output_gate, self.input_gate)
@@ -308,7 +310,7 @@ class QRNNLayer(nn.Module):
         in_features = getattr(self.linear, "in_features", None)
         if isinstance(in_features, int) and in_features != source.shape[-1]:
             raise RuntimeError(
-                f"QRNNLayer: expected linear.in_features = window * input_size = {source.shape[-1]}, got "
+                f"{owner}: expected linear.in_features = window * input_size = {source.shape[-1]}, got "
                 f"{in_features} (from {type(self.linear).__name__})"
             )
         plain = self._plain_linear()
@@ -318,23 +320,30 @@ class QRNNLayer(nn.Module):
             gates = self.linear(source)
             if not isinstance(gates, Tensor):
                 raise TypeError(
-                    f"QRNNLayer: expected linear ({type(self.linear).__name__}) to return a Tensor, got "
+                    f"{owner}: expected linear ({type(self.linear).__name__}) to return a Tensor, got "
                     f"{type(gates).__name__}"
                 )
         if gates.shape[:-1] != source.shape[:-1] or gates.shape[-1] != width:
             raise RuntimeError(
-                f"QRNNLayer: expected linear.out_features = {width} ({count} gates x hidden_size "
+                f"{owner}: expected linear.out_features = {width} ({count} gates x hidden_size "
                 f"{self.hidden_size}) for input of shape {shape_str(source)}, got output of shape "
                 f"{shape_str(gates)} from {type(self.linear).__name__}"
             )
         return gates
 
     def run(
-        self, x: Tensor, h0: Tensor | None, context: Tensor | None, lengths: Tensor | None, batch_first: bool
+        self,
+        x: Tensor,
+        h0: Tensor | None,
+        context: Tensor | None,
+        lengths: Tensor | None,
+        batch_first: bool,
+        owner: str = "QRNNLayer",
     ) -> tuple[Tensor, Tensor, Tensor]:
         """The layer on checked 3-D input: ``(output, h_n (B, H), new context (window - 1, B, I))``.
 
-        ``lengths`` marks later steps of each sequence as padding, which must be zero in ``x``.
+        ``lengths`` marks later steps of each sequence as padding, which must be zero in ``x``; ``owner``
+        is the name errors give (a ``QRNN``'s, when it calls its layers).
         """
         time_dim = 1 if batch_first else 0
         scale = self._forget_scale()
@@ -357,7 +366,7 @@ class QRNNLayer(nn.Module):
             )  # fmt: skip
             return output, h_n, new_context
         # (T, B, G*H) or (B, T, G*H), gate blocks [Z; F; O; I]
-        gates = self._project(source)
+        gates = self._project(source, owner)
         if single and self._inference_step_ok(gates, (gates, h0)):
             # a projection called as its module (quantized, hooked, ...), then the pooling of the one step
             # by the step's gates kernel: the pooling op's arithmetic, without its dispatch
@@ -467,20 +476,26 @@ class QRNNLayer(nn.Module):
         if not state_dtype_ok(hidden, x):
             raise RuntimeError(
                 f"QRNNLayer: expected hidden of dtype {x.dtype} (the input's"
-                f"{autocast_note(x)}), got {hidden.dtype}"
+                f"{autocast_note(x)}), got {hidden.dtype}. Convert it: hidden.to({x.dtype})"
             )
         if hidden.device != x.device:
             raise RuntimeError(f"QRNNLayer: expected hidden on {x.device} (the input's), got {hidden.device}")
         return hidden if hidden.dim() == 2 else hidden.reshape(batch, size)  # (a view op costs a microsecond)
 
     def _check_context(
-        self, context: Tensor | None, x: Tensor, batch_first: bool, unbatched: bool = False
+        self,
+        context: Tensor | None,
+        x: Tensor,
+        batch_first: bool,
+        unbatched: bool = False,
+        owner: str = "QRNNLayer",
     ) -> Tensor | None:
-        """``context`` as ``(window - 1, B, I)``; unbatched as ``(window - 1, I)``."""
+        """``context`` as ``(window - 1, B, I)``; unbatched as ``(window - 1, I)``. ``owner`` is the name
+        errors give (a ``QRNN``'s, when it checks its layers' contexts)."""
         if context is None or self.window == 1:
             return None
         if not isinstance(context, Tensor):
-            raise TypeError(f"QRNNLayer: expected context to be a Tensor, got {type(context).__name__}")
+            raise TypeError(f"{owner}: expected context to be a Tensor, got {type(context).__name__}")
         batch = x.shape[0 if batch_first else 1]
         span, size = self.window - 1, self.input_size
         # a context saved (save_prev_x) from batched input meets unbatched input, or the other way round
@@ -488,23 +503,24 @@ class QRNNLayer(nn.Module):
         if unbatched:
             if tuple(context.shape) != (span, size):
                 raise RuntimeError(
-                    f"QRNNLayer: expected context of shape {(span, size)} (unbatched input), got "
+                    f"{owner}: expected context of shape {(span, size)} (unbatched input), got "
                     f"{shape_str(context)}{hint}"
                 )
             context = context.unsqueeze(1)
         elif context.dim() != 3 or context.shape[0] != span or context.shape[2] != size:
             raise RuntimeError(
-                f"QRNNLayer: expected context of shape {(span, batch, size)}, got {shape_str(context)}{hint}"
+                f"{owner}: expected context of shape {(span, batch, size)}, got {shape_str(context)}{hint}"
             )
         elif context.shape[1] != batch:
             raise RuntimeError(
-                f"QRNNLayer: the window context holds a batch of {context.shape[1]} but the input has "
-                f"{batch}; call reset() (or QRNN.reset()) before a new sequence or batch size"
+                f"{owner}: the window context holds a batch of {context.shape[1]} but the input has "
+                f"{batch}; call reset() before a new sequence or batch size"
             )
         if not state_dtype_ok(context, x) or context.device != x.device:
             raise RuntimeError(
-                f"QRNNLayer: expected context of dtype {x.dtype}{autocast_note(x)} on {x.device}, got "
-                f"{context.dtype} on {context.device}"
+                f"{owner}: expected context of dtype {x.dtype}{autocast_note(x)} on {x.device}, got "
+                f"{context.dtype} on {context.device}. Convert it: context.to({x.dtype}), or call reset() to "
+                "drop a context saved before the model was converted"
             )
         return context
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -98,6 +99,13 @@ class QRNN(nn.Module):
         super().__init__()
         if not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"QRNN: expected dropout in [0, 1), got {dropout!r}")
+        stacked = len(layers) if layers is not None else num_layers
+        if dropout > 0 and stacked == 1:  # nn.GRU's warning, word for word: filters written for it apply
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
+                f"num_layers greater than 1, but got dropout={dropout} and num_layers={stacked}",
+                stacklevel=2,
+            )
         check_backend("QRNN", backend)
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -267,8 +275,8 @@ class QRNN(nn.Module):
         # (each layer's context against the stack's input: the same batch, device and, under autocast, the
         # same accepted dtypes as its own input's)
         contexts = [
-            directions[0]._check_context(c, x, batch_first)
-            for directions, c in zip(stack, contexts, strict=True)
+            directions[0]._check_context(c, x, batch_first, owner=f"QRNN layers[{depth}]")
+            for depth, (directions, c) in enumerate(zip(stack, contexts, strict=True))
         ]
         if lengths is None:
             stepped = self._single_step(x, states, contexts, stack, batch_first)
@@ -284,10 +292,12 @@ class QRNN(nn.Module):
             outputs = []
             for direction, layer in enumerate(directions):
                 index = depth * self.num_directions + direction
+                owner = f"QRNN {'layers_bwd' if direction else 'layers'}[{depth}]"
                 context = contexts[depth] if direction == 0 else None
                 state = None if states is None else states[index]
                 # called as a module, so that hooks on a layer run (see QRNNLayer.forward's stack)
-                out, h_n, new_context = layer(x, state, stack=StackCall(context, lengths, batch_first))
+                call = StackCall(context, lengths, batch_first, owner)
+                out, h_n, new_context = layer(x, state, stack=call)
                 outputs.append(out)
                 finals.append(h_n)
                 if direction == 0:
@@ -366,7 +376,8 @@ class QRNN(nn.Module):
             raise RuntimeError(f"QRNN: Expected hidden size {expected}, got {shape_str(h0)}")
         if not state_dtype_ok(h0, x):
             raise RuntimeError(
-                f"QRNN: expected h0 of dtype {x.dtype} (the input's{autocast_note(x)}), got {h0.dtype}"
+                f"QRNN: expected h0 of dtype {x.dtype} (the input's{autocast_note(x)}), got {h0.dtype}. "
+                f"Convert it: h0.to({x.dtype})"
             )
         if h0.device != x.device:
             raise RuntimeError(f"QRNN: expected h0 on {x.device} (the input's), got {h0.device}")
