@@ -19,6 +19,8 @@
   ``*contexts``).
 - :func:`to_aoti` compiles an AOTInductor package that a C++ program linked only against libtorch runs
   (:mod:`torchqrnn.export.aoti`): the ops are decomposed to their ``scan`` form, which Inductor compiles.
+- :func:`to_executorch` lowers to an ExecuTorch ``.pte`` with a ``forward`` of dynamic length up to a bound
+  and a ``step`` method for streaming (:mod:`torchqrnn.export.pte`; ``pip install executorch``).
 
 Importing this module imports neither onnx nor onnxscript; they load when an ONNX export runs.
 """
@@ -37,6 +39,7 @@ from ..nn.qrnn import QRNN
 from ..nn.streaming import StreamingQRNN
 from ..ops._dispatch import shape_str
 from .aoti import build_runner, decompose_ops, read_tensors, to_aoti, write_tensors
+from .pte import to_executorch
 
 if TYPE_CHECKING:
     from torch.onnx import ONNXProgram
@@ -50,6 +53,7 @@ __all__ = [
     "onnx_translation_table",
     "read_tensors",
     "to_aoti",
+    "to_executorch",
     "to_onnx",
     "write_tensors",
 ]
