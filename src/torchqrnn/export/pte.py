@@ -118,7 +118,7 @@ def _program(
 
 
 def to_executorch(
-    model: QRNN | QRNNLayer,
+    model: nn.Module,
     args: Tensor | Sequence[Tensor | None],
     path: str | os.PathLike[str] | None = None,
     *,
