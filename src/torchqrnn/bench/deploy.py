@@ -43,6 +43,13 @@ def parser() -> argparse.ArgumentParser:
         "--rounds", type=positive_int, default=None, help="timing rounds (default 15; 3 with --quick)"
     )
     result.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch.set_num_threads before measuring (also the OpenMP threads of the AOTInductor package); "
+        "default: torch's",
+    )
+    result.add_argument(
         "--runtimes", default=",".join(RUNTIMES), help=f"comma-separated subset of {','.join(RUNTIMES)}"
     )
     result.add_argument(
@@ -252,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     if steps < 2:
         args_parser.error(f"--steps: expected at least 2 (a length of 1 exports as a constant), got {steps}")
     rounds = args.rounds or (3 if args.quick else 15)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     info = machine_info()
     print(f"# Deployment runtimes on {info['cpu']}, {info['torch_threads']} threads")
