@@ -40,10 +40,3 @@ def test_deploy_benchmark_refuses_unknown_runtimes() -> None:
     assert result.returncode == 2
     assert "tflite" in result.stderr
     assert "Deployment runtimes on" not in result.stdout  # refused before measuring
-
-
-def test_deploy_is_listed() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "torchqrnn.bench", "--help"], capture_output=True, text=True, check=True
-    )
-    assert "deploy" in result.stdout
