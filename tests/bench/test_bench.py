@@ -99,9 +99,9 @@ def test_forget_mult_benchmark_quick(tmp_path: pathlib.Path) -> None:
 
 def test_help_lists_every_command() -> None:
     result = _bench("--help")
-    for command in ("layer", "forget-mult", "gpu", "acceptance"):
+    for command in ("layer", "forget-mult", "deploy", "gpu", "acceptance"):
         assert f"\n  {command} " in result.stdout
-    assert set(entry.COMMANDS) == {"layer", "forget-mult", "gpu", "acceptance"}
+    assert set(entry.COMMANDS) == {"layer", "forget-mult", "deploy", "gpu", "acceptance"}
 
 
 def _refuses(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -34,6 +34,11 @@ COMMANDS = {
         "the ForgetMult CPU kernels against the reference loop and a floor measured on the same bytes, "
         "and the first call's compile and cache-load time",
     ),
+    "deploy": Command(
+        "deploy",
+        "a QRNN and nn.LSTM / nn.GRU through eager, ExecuTorch, an AOTInductor package and ONNX Runtime: "
+        "a sequence and a streaming step at batch 1",
+    ),
     "gpu": Command("gpu", "the Triton kernels and a QRNN layer against cuDNN's LSTM on a CUDA device"),
     "acceptance": Command("acceptance", "the acceptance checks of the GPU path on a CUDA device"),
 }

@@ -17,6 +17,10 @@
   window context in and out as tensors (give its contexts to ``torch.onnx.export`` as one tuple in
   ``dynamic_shapes``, e.g. :func:`dynamic_shapes`; torch cannot map ``dynamic_axes`` names onto
   ``*contexts``).
+- :func:`to_aoti` compiles an AOTInductor package that a C++ program linked only against libtorch runs
+  (:mod:`torchqrnn.export.aoti`): the ops are decomposed to their ``scan`` form, which Inductor compiles.
+- :func:`to_executorch` lowers to an ExecuTorch ``.pte`` with a ``forward`` of dynamic length up to a bound
+  and a ``step`` method for streaming (:mod:`torchqrnn.export.pte`; ``pip install executorch``).
 
 Importing this module imports neither onnx nor onnxscript; they load when an ONNX export runs.
 """
@@ -34,11 +38,25 @@ from ..nn.layer import QRNNLayer
 from ..nn.qrnn import QRNN
 from ..nn.streaming import StreamingQRNN
 from ..ops._dispatch import shape_str
+from .aoti import build_runner, decompose_ops, read_tensors, to_aoti, write_tensors
+from .pte import to_executorch
 
 if TYPE_CHECKING:
     from torch.onnx import ONNXProgram
 
-__all__ = ["dynamic_shapes", "export_program", "io_names", "onnx_translation_table", "to_onnx"]
+__all__ = [
+    "build_runner",
+    "decompose_ops",
+    "dynamic_shapes",
+    "export_program",
+    "io_names",
+    "onnx_translation_table",
+    "read_tensors",
+    "to_aoti",
+    "to_executorch",
+    "to_onnx",
+    "write_tensors",
+]
 
 # torch.onnx.export's own default (ONNX opset 20); Scan has been in this form since opset 16.
 DEFAULT_OPSET = 20

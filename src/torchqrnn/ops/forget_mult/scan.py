@@ -30,8 +30,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in _HALF_TYPES else dtype
 
 
-def _step(c: Tensor, ab: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    a_t, b_t = ab
+def _step(c: Tensor, a_t: Tensor, b_t: Tensor, *sizes: torch.SymInt) -> tuple[Tensor, Tensor]:
     c = a_t + b_t * c
     return c, c.clone()  # scan's outputs must not alias its carry
 
@@ -40,14 +39,20 @@ def linear_recurrence(a: Tensor, b: Tensor, c0: Tensor | None, reverse: bool) ->
     """Every ``c_t = a_t + b_t * c_{t-1}`` of time-major ``(T, B, H)`` ``a`` and ``b``, and the last one:
     ``(cells (T, B, H), c_n (B, H))``. ``c0`` is the state before the first step (zeros when ``None``);
     ``reverse`` walks from ``t = T - 1`` down to ``0``, the cells staying in natural time order."""
-    from torch._higher_order_ops.scan import scan  # here: only an export needs it, and older torch lacks it
+    # here: only an export needs it, and older torch lacks it
+    from torch._higher_order_ops.scan import scan_op
 
     if c0 is None:
         c0 = a.new_zeros(a.shape[1:])
     if a.shape[0] == 0:  # scan needs a step to run; an empty sequence keeps its state
         return a.new_empty(a.shape), c0
-    c_n, cells = scan(_step, c0, (a, b), reverse=reverse)
-    return cells, c_n
+    if reverse:
+        a, b = a.flip(0), b.flip(0)
+    # The dynamic sizes of a step (the batch) go in as the scan's extra inputs: AOTInductor turns the scan
+    # into a while_loop whose output buffer it sizes from the symbols it finds among them.
+    symbolic = tuple(size for size in a.shape[1:] if isinstance(size, torch.SymInt))
+    c_n, cells = scan_op(_step, [c0], [a, b], symbolic)
+    return (cells.flip(0) if reverse else cells), c_n
 
 
 def forget_mult_scan(
