@@ -393,6 +393,20 @@ def streaming(run: Run) -> dict[str, Any]:
                     return layer(x_seq, state)
 
                 candidates = {"qrnn": run.timed(step), **floors}
+                with torch.no_grad():
+                    step()  # (makes the layer's step plan, where the step kernel runs here)
+                plan = layer.__dict__.get("_cached_plan")
+                if plan is not None:
+                    # the step kernel alone (window, product, pooling: one call), without the module around
+                    # it: what a step costs beyond its floor, split into the kernel's share and the rest
+                    context: list[torch.Tensor | None] = [torch.zeros(window - 1, 1, size)]
+
+                    def kernel_alone(
+                        plan: Any = plan, context: list[torch.Tensor | None] = context
+                    ) -> object:
+                        return plan.run(x_seq, context, state, (1, 1, size), (1, size))
+
+                    candidates["kernel"] = kernel_alone
                 if window == 1:
                     candidates["lstm_cell"] = run.timed(lambda: lstm(x_t, (h, c)))
                     candidates["gru_cell"] = run.timed(lambda: gru(x_t, h))
@@ -404,6 +418,8 @@ def streaming(run: Run) -> dict[str, Any]:
                     "floor": floor.removeprefix("floor_"),
                     "qrnn_over_floor": ratio(samples["qrnn"], samples[floor]),
                 }
+                if "kernel" in samples:
+                    row["kernel_over_floor"] = ratio(samples["kernel"], samples[floor])
                 if window == 1:
                     row["lstm_cell_over_qrnn"] = ratio(samples["lstm_cell"], samples["qrnn"])
                     row["gru_cell_over_qrnn"] = ratio(samples["gru_cell"], samples["qrnn"])
@@ -416,10 +432,15 @@ def streaming(run: Run) -> dict[str, Any]:
                     if window == 1
                     else ""
                 )
+                kernel = ""
+                if "kernel" in row["us"]:
+                    kernel_ratio = times(row["kernel_over_floor"], width=7)
+                    kernel = f" (its kernel alone {row['us']['kernel']:6.1f} us: {kernel_ratio})"
+                floor_ratio = times(row["qrnn_over_floor"], width=7)
                 run.print(
                     f"   {threads} thread{'s' if threads > 1 else ' '}, window {window}: QRNNLayer step "
                     f"{row['us']['qrnn']:6.1f} us, floor ({row['floor']} {shape}) "
-                    f"{row['us'][floor]:6.1f} us: {times(row['qrnn_over_floor'], width=7)} the floor{cells}"
+                    f"{row['us'][floor]:6.1f} us: {floor_ratio} the floor{kernel}{cells}"
                 )
             result["threads"][threads] = figures
     finally:
