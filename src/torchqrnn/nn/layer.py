@@ -43,6 +43,7 @@ _TORCH_LINEAR_FORWARD = (
     else None
 )
 _TORCH_F_LINEAR = torch._C._nn.linear
+_CPU = torch.device("cpu")
 # Options a whole-model pickle of salesforce's (or fastai's) layer lacks, with the values its layers had.
 _UPGRADE_DEFAULTS: dict[str, Any] = {
     "input_gate": False,
@@ -408,11 +409,12 @@ class QRNNLayer(nn.Module):
     def _inference_step_ok(self, like: Tensor, tensors: tuple[Tensor | None, ...]) -> bool:
         """Whether a single step may skip autograd and the pooling op for the step kernels: nothing among
         ``tensors`` requires grad (where grad is on), all of the dtype of ``like`` (a float type the kernels
-        take: float32/64, bfloat16 or float16 weights a user converted the model to), no random mask, no
-        autocast, not tracing, no ``torch.func`` transform, the CPU kernels. The one decision for the
-        fused step (:meth:`_one_inference_step`) and for the pooling of one step after a called projection."""
+        take: float32/64, bfloat16 or float16 weights a user converted the model to), on the CPU, no random
+        mask, no autocast, not tracing, no ``torch.func`` transform, the CPU kernels. The one decision for
+        the fused step (:meth:`_one_inference_step`) and for the pooling of one step after a called
+        projection. (``Tensor.is_cpu`` rather than ``.device``: a device object costs 0.4 us a read.)"""
         dtype = like.dtype
-        if dtype not in SUPPORTED_DTYPES or (self.training and self.zoneout > 0.0):
+        if not like.is_cpu or dtype not in SUPPORTED_DTYPES or (self.training and self.zoneout > 0.0):
             return False
         grad = torch.is_grad_enabled()
         for t in tensors:
@@ -422,8 +424,8 @@ class QRNNLayer(nn.Module):
             torch.compiler.is_compiling()
             or torch.jit.is_tracing()  # (a trace cannot record a kernel: the generic path says what works)
             or transformed()
-            or torch.is_autocast_enabled(like.device.type)
-            or resolve_backend(self.backend, like.device) != "cpu"
+            or torch.is_autocast_enabled("cpu")
+            or resolve_backend(self.backend, _CPU) != "cpu"
         )
 
     def _forget_scale(self) -> float:
@@ -478,7 +480,7 @@ class QRNNLayer(nn.Module):
                 f"QRNNLayer: expected hidden of dtype {x.dtype} (the input's"
                 f"{autocast_note(x)}), got {hidden.dtype}. Convert it: hidden.to({x.dtype})"
             )
-        if hidden.device != x.device:
+        if not (hidden.is_cpu and x.is_cpu) and hidden.device != x.device:
             raise RuntimeError(f"QRNNLayer: expected hidden on {x.device} (the input's), got {hidden.device}")
         return hidden if hidden.dim() == 2 else hidden.reshape(batch, size)  # (a view op costs a microsecond)
 
@@ -516,7 +518,9 @@ class QRNNLayer(nn.Module):
                 f"{owner}: the window context holds a batch of {context.shape[1]} but the input has "
                 f"{batch}; call reset() before a new sequence or batch size"
             )
-        if not state_dtype_ok(context, x) or context.device != x.device:
+        if not state_dtype_ok(context, x) or (
+            not (context.is_cpu and x.is_cpu) and context.device != x.device
+        ):
             raise RuntimeError(
                 f"{owner}: expected context of dtype {x.dtype}{autocast_note(x)} on {x.device}, got "
                 f"{context.dtype} on {context.device}. Convert it: context.to({x.dtype}), or call reset() to "
