@@ -57,39 +57,33 @@ def _accumulate_overload(weight, source, gates):  # pragma: no cover - numba
 
 
 @njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", inline="always")
-def _pool_row(row, c_prev, has_prev, out, hn, hidden, scale, one, output_gate, input_gate):
-    # pragma: no cover - numba
+def _pool_row(row, c_prev, out, hn, hidden, scale, one, output_gate, input_gate):  # pragma: no cover - numba
     """The pooling of one batch row from its pre-activation gates ``row`` (G*H) and previous state
-    ``c_prev`` (H; zeros when not ``has_prev``): ``_forward_row`` of the pooling kernel, term for term, so
-    that a step rounds as the generic path's pooling does. Half types in their storage (``_cpu.load`` and
-    ``store``), float32 arithmetic."""
-    i_row = row.shape[0] - hidden
-    for u in range(hidden):
-        z = tanh(load(row[u]))
-        f = sigmoid(load(row[hidden + u])) * scale
-        i = sigmoid(load(row[i_row + u])) if input_gate else f
-        c = i * z + (one - f) * (load(c_prev[u]) if has_prev else one - one)
-        store(hn, u, c)
-        store(out, u, sigmoid(load(row[2 * hidden + u])) * c if output_gate else c)
+    ``c_prev`` (H): ``_forward_row`` of the pooling kernel, term for term, so that a step rounds as the
+    generic path's pooling does. Half types in their storage (``_cpu.load`` and ``store``), float32
+    arithmetic. Each gate is its own slice, as there, so that LLVM vectorises the loop."""
+    z_in, f_in = row[:hidden], row[hidden : 2 * hidden]
+    o_in, i_in = row[2 * hidden : 3 * hidden], row[row.shape[0] - hidden :]
+    for j in range(hidden):
+        z = tanh(load(z_in[j]))
+        f = sigmoid(load(f_in[j])) * scale
+        i = sigmoid(load(i_in[j])) if input_gate else f
+        c = i * z + (one - f) * load(c_prev[j])
+        store(hn, j, c)
+        if output_gate:
+            store(out, j, sigmoid(load(o_in[j])) * c)
+        else:
+            store(out, j, c)
 
 
 @njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
 def _gates(gates, h0, out, hn, hidden, scale, one, flags):  # pragma: no cover - numba
     """The pooling of every row of ``gates`` (B, G*H), computed by the caller's product."""
     output_gate, input_gate, has_h0 = flags
+    zeros = np.zeros(hidden, out.dtype)  # the state before a first step (zero bits: 0.0 in every dtype)
     for b in range(gates.shape[0]):
-        _pool_row(
-            gates[b],
-            h0[b if has_h0 else 0],
-            has_h0,
-            out[b],
-            hn[b],
-            hidden,
-            scale,
-            one,
-            output_gate,
-            input_gate,
-        )
+        c_prev = h0[b] if has_h0 else zeros
+        _pool_row(gates[b], c_prev, out[b], hn[b], hidden, scale, one, output_gate, input_gate)
 
 
 @njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
@@ -135,17 +129,9 @@ def _stack(weights, biases, x, contexts, h0, out, hn, new_contexts, options, sca
         _accumulate(weight, source, gates)
         rows = slice(layer * hidden, (layer + 1) * hidden)
         layer_output = output if layer == last else np.empty(hidden, weight.dtype)
+        c_prev = states[rows] if has_h0 else np.zeros(hidden, new_states.dtype)
         _pool_row(
-            gates,
-            states[rows] if has_h0 else states,
-            has_h0,
-            layer_output,
-            new_states[rows],
-            hidden,
-            scales[layer],
-            one,
-            output_gate,
-            input_gate,
+            gates, c_prev, layer_output, new_states[rows], hidden, scales[layer], one, output_gate, input_gate
         )
         layer_input = layer_output
 
