@@ -250,3 +250,28 @@ def test_a_transposed_weight_is_read_afresh_each_step() -> None:
         expected = layer(x)[0]
     assert not torch.equal(first, second)
     torch.testing.assert_close(second, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_half_precision_model_streams_as_it_runs_whole(dtype: torch.dtype, batch: int) -> None:
+    """A model converted to bfloat16 / float16 steps through the step kernels (batch 1, bfloat16: MKL's
+    bfloat16 product with float32 sums, float32 gates) and gives its own whole-sequence output within the
+    format's rounding, and the float32 model's within a few of its ulps."""
+    qrnn = QRNN(16, 24, num_layers=2, window=[2, 1]).eval()
+    half = QRNN(16, 24, num_layers=2, window=[2, 1]).eval()
+    half.load_state_dict(qrnn.state_dict())
+    half = half.to(dtype)
+    x = torch.randn(9, batch, 16)
+    with torch.no_grad():
+        whole = half(x.to(dtype))[0].float()
+        reference = qrnn(x)[0]
+        outputs, h, contexts = [], None, None
+        for t in range(9):
+            out, h, contexts = half.forward_stream(x[t : t + 1].to(dtype), h, contexts)
+            outputs.append(out)
+    steps = torch.cat(outputs).float()
+    assert steps.dtype == torch.float32 and outputs[0].dtype == dtype
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(steps, whole, rtol=4 * eps, atol=4 * eps)
+    torch.testing.assert_close(steps, reference, rtol=8 * eps, atol=8 * eps)
