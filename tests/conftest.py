@@ -1,8 +1,15 @@
 """Shared test setup: fresh buffers are poisoned with NaN, so an output a kernel forgets to write fails; the
 documentation is built once for the tests that read the build (tests/docs) or package beside it
-(tests/packaging)."""
+(tests/packaging); the Triton kernels run in Triton's interpreter."""
 
 from __future__ import annotations
+
+import os
+
+# Before anything imports triton (torch._inductor, torchao and ExecuTorch do, while their tests are
+# collected): Triton builds its kernels for the interpreter only if this is set when it is first imported.
+# The Triton kernels' test modules set it too, but a subset of the suite may import triton before them.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import shutil
 import subprocess
