@@ -46,6 +46,7 @@ from torch import nn
 from .. import QRNN, QRNNLayer, StreamingQRNN
 from ..ops.linear import cpu_gemm, linear
 from ..ops.qrnn_pool import qrnn_pool
+from ..ops.qrnn_step import PLAN_ATTRIBUTE
 from .memory import peak_bytes
 from .options import check_device, check_output_path, check_plotting, command_parser, positive_int
 from .text import busy_note, duration, times
@@ -395,7 +396,7 @@ def streaming(run: Run) -> dict[str, Any]:
                 candidates = {"qrnn": run.timed(step), **floors}
                 with torch.no_grad():
                     step()  # (makes the layer's step plan, where the step kernel runs here)
-                plan = layer.__dict__.get("_cached_plan")
+                plan = layer.__dict__.get(PLAN_ATTRIBUTE)
                 if plan is not None:
                     # the step kernel alone (window, product, pooling: one call), without the module around
                     # it: what a step costs beyond its floor, split into the kernel's share and the rest

@@ -15,7 +15,7 @@ from ..ops._autograd import transformed
 from ..ops._dispatch import SUPPORTED_DTYPES, check_backend, resolve_backend, shape_str
 from ..ops.linear import linear
 from ..ops.qrnn_pool import gate_count, qrnn_pool
-from ..ops.qrnn_step import cached_plan, pool_step, run_step
+from ..ops.qrnn_step import cached_plan, pool_step, run_step, without_plan
 from ._repr import options_repr
 from ._sequence import autocast_note, check_input, pack_like, state_dtype_ok, unpack
 
@@ -433,9 +433,7 @@ class QRNNLayer(nn.Module):
         return 1.0 - self.zoneout if self.zoneout > 0.0 and not self.training else 1.0
 
     def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state.pop("_cached_plan", None)  # numpy views of the weights: rebuilt on the first step
-        return state
+        return without_plan(super().__getstate__())
 
     def _window(self, x: Tensor, context: Tensor | None, time_dim: int) -> tuple[Tensor, Tensor]:
         """The convolution's input ``[x_t; x_{t-1}; ...]`` (``[x_t; x_{t+1}; ...]`` backward) and the context

@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from ..ops import thresholds
 from ..ops._dispatch import check_backend, shape_str
-from ..ops.qrnn_step import cached_plan
+from ..ops.qrnn_step import cached_plan, without_plan
 from ._repr import options_repr
 from ._sequence import autocast_note, pack_like, state_dtype_ok, unpack
 from .layer import QRNNLayer, StackCall
@@ -354,9 +354,7 @@ class QRNN(nn.Module):
         return plan.run(x, contexts, states, (1, 1, hidden), (len(layers), 1, hidden))
 
     def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state.pop("_cached_plan", None)  # numpy views of the weights: rebuilt on the first step
-        return state
+        return without_plan(super().__getstate__())
 
     def _check_h0(
         self, h0: Tensor | Sequence[Tensor] | None, x: Tensor, batch_first: bool, unbatched: bool

@@ -19,11 +19,13 @@ from ..qrnn_pool import gate_count
 from .reference import qrnn_step_reference
 
 __all__ = [
+    "PLAN_ATTRIBUTE",
     "cached_plan",
     "pool_step",
     "qrnn_step",
     "qrnn_step_reference",
     "run_step",
+    "without_plan",
 ]
 
 KERNELS = ("cpu",)
@@ -119,6 +121,17 @@ def run_step(
     )
 
 
+# Where a module keeps its step plan (numpy views of its weights): in its ``__dict__``, never pickled.
+PLAN_ATTRIBUTE = "_cached_plan"
+
+
+def without_plan(state: dict[str, Any]) -> dict[str, Any]:
+    """A module's pickled state without its step plan (:func:`cached_plan` makes it again on the first
+    step): what ``QRNNLayer`` and ``QRNN`` return from ``__getstate__``."""
+    state.pop(PLAN_ATTRIBUTE, None)
+    return state
+
+
 def cached_plan(
     owner: torch.nn.Module,
     parameters: list[tuple[Tensor, Tensor | None]],
@@ -133,13 +146,13 @@ def cached_plan(
     deterministic algorithms asked for (then the generic path's ``F.linear`` gives the same bits)."""
     if torch.are_deterministic_algorithms_enabled():
         return None
-    plan = owner.__dict__.get("_cached_plan")
+    plan = owner.__dict__.get(PLAN_ATTRIBUTE)
     if plan is not None and plan.holds(parameters, options, scales):
         return plan
     kernels = kernel_module(__name__, "cpu")
     if not kernels.stack_available(parameters[0][0].dtype):
         return None
-    plan = owner.__dict__["_cached_plan"] = kernels.StackPlan(parameters, options, scales)
+    plan = owner.__dict__[PLAN_ATTRIBUTE] = kernels.StackPlan(parameters, options, scales)
     return plan
 
 
@@ -147,7 +160,7 @@ def pool_step(
     gates: Tensor, h0: Tensor | None, output_gate: bool, input_gate: bool, forget_scale: float
 ) -> tuple[Tensor, Tensor]:
     """The pooling of one time step from its checked pre-activation ``gates`` (``(1, B, G*H)`` or
-    ``(B, 1, G*H)``, float32/64, on CPU) and state ``h0`` ``(B, H)`` or None, by the step's gates kernel (the
-    pooling kernel's arithmetic, term for term), for callers that decided no autograd is needed. Returns
-    ``(output like gates with H features, h_n (B, H))``."""
+    ``(B, 1, G*H)``, of a dtype the kernels take, on CPU) and state ``h0`` ``(B, H)`` or None, by the step's
+    gates kernel (the pooling kernel's arithmetic, term for term), for callers that decided no autograd is
+    needed. Returns ``(output like gates with H features, h_n (B, H))``."""
     return kernel_module(__name__, "cpu").pool_step(gates, h0, output_gate, input_gate, forget_scale)
