@@ -222,7 +222,7 @@ class StackPlan:
         dtype = self.dtype = parameters[0][0].dtype
         storage, compute = self.storage, _ = _STORAGE[dtype], _COMPUTE[dtype]
         self.parameters = parameters
-        self.key = (tuple(options), tuple(scales))
+        self.key = (list(options), list(scales))  # (compared with the callers' lists: no copy a step)
         self.pointers = [(w.data_ptr(), None if b is None else b.data_ptr()) for w, b in parameters]
         # a weight that is not contiguous is viewed through a copy, which its later changes would miss: such
         # a plan serves one step and is made again for the next
@@ -264,7 +264,7 @@ class StackPlan:
         scales: list[float],
     ) -> bool:
         """Whether the plan was made for these parameters, with their storage where it was, and options."""
-        if self.copies or self.key != (tuple(options), tuple(scales)):
+        if self.copies or self.key != (options, scales):
             return False
         for (w, b), (w0, b0), (pw, pb) in zip(parameters, self.parameters, self.pointers, strict=True):
             if w is not w0 or b is not b0 or w.data_ptr() != pw or (b is not None and b.data_ptr() != pb):
