@@ -6,6 +6,9 @@ compile takes about 20 s on a 2-core machine.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -139,3 +142,47 @@ def test_inductor_training_and_inference_equal_eager() -> None:
     expected = loss_and_grads(qrnn, x, h0, seed=2)
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e)
+
+
+INDUCTOR_ON_CI = """
+import sys
+import torch
+if sys.argv[1] == "inductor first":
+    import torch._inductor.lowering  # loaded before torchqrnn registers its decompositions
+import torchqrnn
+from torch._inductor.utils import run_and_get_code
+
+torch.manual_seed(0)
+qrnn, forget_mult = torchqrnn.QRNN(4, 5, window=2).eval(), torchqrnn.ForgetMult().eval()
+x, f = torch.randn(7, 3, 4), torch.rand(7, 3, 5)
+with torch.no_grad():
+    (out, h_n), code = run_and_get_code(torch.compile(qrnn, fullgraph=True, dynamic=False), x)
+    torch.testing.assert_close((out, h_n), qrnn(x))
+    cells, more_code = run_and_get_code(torch.compile(forget_mult, fullgraph=True, dynamic=False), f, f)
+    torch.testing.assert_close(cells, forget_mult(f, f))
+code = "\\n".join(code + more_code)
+assert "torch.ops.torchqrnn.qrnn_pool.default" in code and "torch.ops.torchqrnn.forget_mult.default" in code
+import inspect
+import torch._inductor.lowering as lowering
+assert "def make_fallback" in inspect.getsource(lowering)  # the module kept its own loader
+assert not any(type(hook).__module__.startswith("torchqrnn") for hook in sys.meta_path)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("order", ["torchqrnn first", "inductor first"])
+def test_inductor_keeps_the_ops_kernels_on_a_ci_machine(order: str, tmp_path: Any) -> None:
+    """With ``CI`` set, Inductor's implicit fallback raises for any op with a registered decomposition
+    (ours have their ``scan`` forms, for ONNX), so the library registers the fallbacks itself, whichever of
+    torchqrnn and Inductor's lowering is imported first. A fresh process with Inductor's caches off (a
+    cached graph skips the lowering); the compiled code calls the ops' kernels, not the decompositions."""
+    env = {
+        **os.environ,
+        "CI": "1",
+        "TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1",
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", INDUCTOR_ON_CI, order], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-4000:]

@@ -9,7 +9,8 @@ It is registered in torch's decomposition table, which ``torch.onnx.export`` app
 ONNX translation for (``torchqrnn.export.to_onnx`` brings its own, which then wins). The op's fake
 implementation is registered as its meta function too: FakeTensor prefers a meta over a decomposition, so
 ``torch.compile`` and ``torch.export`` keep tracing the op through its fake implementation, and their
-programs keep the op and its kernels. Eager calls never look at either table.
+programs keep the op and its kernels; Inductor gets the op as an explicit fallback kernel (see
+:mod:`torchqrnn.ops._decomposition`). Eager calls never look at either table.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._decomposition import register_decomposition
 from .._dispatch import time_major
 from . import _forget_mult_fake  # the dispatcher imports this module last, once the op is defined
 
@@ -66,5 +68,4 @@ def forget_mult_scan(
     return time_major(cells, batch_first).to(x.dtype).contiguous()
 
 
-torch._decomp.register_decomposition(torch.ops.torchqrnn.forget_mult.default)(forget_mult_scan)
-torch._decomp.register_decomposition(torch.ops.torchqrnn.forget_mult.default, type="meta")(_forget_mult_fake)
+register_decomposition(torch.ops.torchqrnn.forget_mult.default, forget_mult_scan, _forget_mult_fake)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._decomposition import register_decomposition
 from .._dispatch import time_major
 from ..forget_mult.scan import compute_dtype, linear_recurrence
 from . import _qrnn_pool_fake, gate_count  # the dispatcher imports this module last, once the op is defined
@@ -59,5 +60,4 @@ def qrnn_pool_scan(
     return output, c_n.to(gates.dtype), saved
 
 
-torch._decomp.register_decomposition(torch.ops.torchqrnn.qrnn_pool.default)(qrnn_pool_scan)
-torch._decomp.register_decomposition(torch.ops.torchqrnn.qrnn_pool.default, type="meta")(_qrnn_pool_fake)
+register_decomposition(torch.ops.torchqrnn.qrnn_pool.default, qrnn_pool_scan, _qrnn_pool_fake)
