@@ -17,10 +17,20 @@ _import_module(".forget_mult", __name__)
 _import_module(".qrnn", __name__)
 
 from .nn import QRNN, ForgetMult, QRNNLayer  # noqa: E402
+from .nn.stepper import Stepper  # noqa: E402
 from .nn.streaming import StreamingQRNN  # noqa: E402
 from .ops.forget_mult import forget_mult  # noqa: E402
 from .ops.qrnn_pool import qrnn_pool  # noqa: E402
 
 __version__ = "0.3.0.dev0"
 
-__all__ = ["QRNN", "ForgetMult", "QRNNLayer", "StreamingQRNN", "__version__", "forget_mult", "qrnn_pool"]
+__all__ = [
+    "QRNN",
+    "ForgetMult",
+    "QRNNLayer",
+    "Stepper",
+    "StreamingQRNN",
+    "__version__",
+    "forget_mult",
+    "qrnn_pool",
+]

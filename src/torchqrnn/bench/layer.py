@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import QRNN, QRNNLayer, StreamingQRNN
+from .. import QRNN, QRNNLayer, Stepper, StreamingQRNN
 from ..ops.linear import cpu_gemm, linear
 from ..ops.qrnn_pool import qrnn_pool
 from ..ops.qrnn_step import PLAN_ATTRIBUTE
@@ -393,7 +393,16 @@ def streaming(run: Run) -> dict[str, Any]:
                 def step(layer: QRNNLayer = layer) -> object:
                     return layer(x_seq, state)
 
-                candidates = {"qrnn": run.timed(step), **floors}
+                stepper = Stepper(layer)
+
+                def stepper_step(stepper: Stepper = stepper) -> object:
+                    return stepper(x_t)  # the explicit step API: state inside, one kernel call
+
+                candidates: dict[str, Callable[[], object]] = {
+                    "qrnn": run.timed(step),
+                    "stepper": stepper_step,
+                    **floors,
+                }
                 with torch.no_grad():
                     step()  # (makes the layer's step plan, where the step kernel runs here)
                 plan = layer.__dict__.get(PLAN_ATTRIBUTE)
@@ -418,11 +427,13 @@ def streaming(run: Run) -> dict[str, Any]:
                     "us": {name: s.median * 1e6 for name, s in samples.items()},
                     "floor": floor.removeprefix("floor_"),
                     "qrnn_over_floor": ratio(samples["qrnn"], samples[floor]),
+                    "stepper_over_floor": ratio(samples["stepper"], samples[floor]),
                 }
                 if "kernel" in samples:
                     row["kernel_over_floor"] = ratio(samples["kernel"], samples[floor])
                 if window == 1:
                     row["lstm_cell_over_qrnn"] = ratio(samples["lstm_cell"], samples["qrnn"])
+                    row["lstm_cell_over_stepper"] = ratio(samples["lstm_cell"], samples["stepper"])
                     row["gru_cell_over_qrnn"] = ratio(samples["gru_cell"], samples["qrnn"])
                 figures[f"window_{window}"] = row
                 shape = f"{weight.shape[0]} x {weight.shape[1]}"
@@ -438,10 +449,20 @@ def streaming(run: Run) -> dict[str, Any]:
                     kernel_ratio = times(row["kernel_over_floor"], width=7)
                     kernel = f" (its kernel alone {row['us']['kernel']:6.1f} us: {kernel_ratio})"
                 floor_ratio = times(row["qrnn_over_floor"], width=7)
+                stepper_ratio = times(row["stepper_over_floor"], width=7)
+                stepper_cells = (
+                    f"; nn.LSTMCell = {times(row['lstm_cell_over_stepper'], width=7)} the Stepper"
+                    if window == 1
+                    else ""
+                )
                 run.print(
                     f"   {threads} thread{'s' if threads > 1 else ' '}, window {window}: QRNNLayer step "
                     f"{row['us']['qrnn']:6.1f} us, floor ({row['floor']} {shape}) "
                     f"{row['us'][floor]:6.1f} us: {floor_ratio} the floor{kernel}{cells}"
+                )
+                run.print(
+                    f"   {' ' * 9}window {window}: Stepper(QRNNLayer) {row['us']['stepper']:6.1f} us: "
+                    f"{stepper_ratio} the floor{stepper_cells}"
                 )
             result["threads"][threads] = figures
     finally:
@@ -673,11 +694,15 @@ def stream_step_candidates(size: int, device: torch.device) -> dict[str, Callabl
 
         return run
 
+    stepper1, stepper2 = Stepper(qrnn1), Stepper(qrnn2)
+    x_step = x[0]
     return {
         "qrnn_layer": lambda: layer(x),
         "qrnn_1": lambda: qrnn1(x),
         "qrnn_2": lambda: qrnn2(x),
         "streaming_qrnn_2": lambda: streamer(x, *state),
+        "stepper_1": lambda: stepper1(x_step),
+        "stepper_2": lambda: stepper2(x_step),
         "lstm_cell_1": lambda: cell1(x[0], hc),
         "lstm_cell_2": two_cells,
         "floor_1": floor(1),
@@ -709,6 +734,10 @@ def streaming_modules(run: Run) -> dict[str, Any]:
         "qrnn_1_over_floor": ratio(samples["qrnn_1"], samples["floor_1"]),
         "qrnn_2_over_floors": ratio(samples["qrnn_2"], samples["floor_2"]),
         "streaming_qrnn_2_over_floors": ratio(samples["streaming_qrnn_2"], samples["floor_2"]),
+        "stepper_1_over_floor": ratio(samples["stepper_1"], samples["floor_1"]),
+        "stepper_2_over_floors": ratio(samples["stepper_2"], samples["floor_2"]),
+        "lstm_cell_1_over_stepper_1": ratio(samples["lstm_cell_1"], samples["stepper_1"]),
+        "lstm_cell_2_over_stepper_2": ratio(samples["lstm_cell_2"], samples["stepper_2"]),
         "cpu": machine_info()["cpu"],
     }
     run.print("   median of rounds: " + ", ".join(f"{n} {us:.1f} us" for n, us in result["us"].items()))
@@ -728,6 +757,13 @@ def streaming_modules(run: Run) -> dict[str, Any]:
         f"QRNN(1 layer) {result['qrnn_1_over_floor']:.2f}x, "
         f"QRNN(2 layers) {result['qrnn_2_over_floors']:.2f}x, "
         f"StreamingQRNN(2 layers) {result['streaming_qrnn_2_over_floors']:.2f}x"
+    )
+    run.print(
+        f"   Stepper (state inside, one kernel call a step): QRNN(1 layer) "
+        f"{result['stepper_1_over_floor']:.2f}x its floor, QRNN(2 layers) "
+        f"{result['stepper_2_over_floors']:.2f}x the summed floors; nn.LSTMCell / Stepper(1 layer) = "
+        f"{times(result['lstm_cell_1_over_stepper_1'])}, "
+        f"2 nn.LSTMCells / Stepper(2 layers) = {times(result['lstm_cell_2_over_stepper_2'])}"
     )
     return result
 

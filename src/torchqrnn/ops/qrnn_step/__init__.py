@@ -21,6 +21,7 @@ from .reference import qrnn_step_reference
 __all__ = [
     "PLAN_ATTRIBUTE",
     "cached_plan",
+    "fused_step_kernels",
     "pool_step",
     "qrnn_step",
     "qrnn_step_reference",
@@ -154,6 +155,12 @@ def cached_plan(
         return None
     plan = owner.__dict__[PLAN_ATTRIBUTE] = kernels.StackPlan(parameters, options, scales)
     return plan
+
+
+def fused_step_kernels() -> Any:
+    """The CPU step kernels' module (``qrnn_step/cpu.py``), loaded on first use (numba compiles it):
+    ``stack_available(dtype)``, ``step_in_place`` and the dtypes' storage, for :class:`torchqrnn.Stepper`."""
+    return kernel_module(__name__, "cpu")
 
 
 def pool_step(

@@ -17,10 +17,11 @@ product is the generic path's ``F.linear``, and a step equals the generic path b
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import torch
 from numba import types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -107,32 +108,87 @@ def _stack(weights, biases, x, contexts, h0, out, hn, new_contexts, options, sca
     hidden = output.shape[0]
     last = len(weights) - 1
     for layer in range(len(weights)):
-        weight, context, next_context = weights[layer], contexts[layer], new_contexts[layer]
         window, backward, output_gate, input_gate = options[layer]
-        size = layer_input.shape[0]
-        source = np.empty(window * size, weight.dtype)
-        source[:size] = layer_input
-        for k in range(1, window):
-            # the context ends with x_{t-1} (forward); backward it starts with x_{t+1}
-            source[k * size : (k + 1) * size] = context[k - 1, 0] if backward else context[window - 1 - k, 0]
-        if window > 1:
-            if backward:
-                next_context[0, 0] = layer_input
-                next_context[1:] = context[: window - 2]
-            else:
-                next_context[: window - 2] = context[1:]
-                next_context[window - 2, 0] = layer_input
-        bias = biases[layer]
-        gates = np.empty(bias.shape[0], scales.dtype)  # the compute dtype: float32 for bfloat16 weights
-        for j in range(bias.shape[0]):
-            gates[j] = load(bias[j])
-        _accumulate(weight, source, gates)
         rows = slice(layer * hidden, (layer + 1) * hidden)
-        layer_output = output if layer == last else np.empty(hidden, weight.dtype)
+        layer_output = output if layer == last else np.empty(hidden, weights[layer].dtype)
         c_prev = states[rows] if has_h0 else np.zeros(hidden, new_states.dtype)
-        _pool_row(
-            gates, c_prev, layer_output, new_states[rows], hidden, scales[layer], one, output_gate, input_gate
-        )
+        gates = np.empty(biases[layer].shape[0], scales.dtype)  # float32 for bfloat16 weights
+        _layer_step(
+            weights[layer], biases[layer], layer_input, contexts[layer], new_contexts[layer], gates, c_prev,
+            new_states[rows], layer_output, window, backward, output_gate, input_gate, scales[layer], one,
+        )  # fmt: skip
+        layer_input = layer_output
+
+
+@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", inline="always")
+def _layer_step(
+    weight, bias, layer_input, context, next_context, gates, c_prev, c_new, out, window, backward,
+    output_gate, input_gate, scale, one,
+):  # fmt: skip  # pragma: no cover - numba
+    """One layer's batch-1 step: its window ``[x_t; x_{t-1}; ...]`` (``[x_t; x_{t+1}; ...]`` backward) from
+    ``layer_input`` (I) and ``context`` (w - 1, 1, I); the context of the next step into ``next_context``,
+    taken from the window, so that it may be ``context`` itself (updated in place); the gates ``bias + W
+    source`` (``_accumulate``) into ``gates`` (G*H, the compute dtype); their pooling from ``c_prev`` into
+    ``c_new`` (which may be ``c_prev``: each element is read before it is written) and ``out``."""
+    size = layer_input.shape[0]
+    source = np.empty(window * size, weight.dtype)
+    source[:size] = layer_input
+    for k in range(1, window):
+        # the context ends with x_{t-1} (forward); backward it starts with x_{t+1}
+        source[k * size : (k + 1) * size] = context[k - 1, 0] if backward else context[window - 1 - k, 0]
+    for r in range(window - 1):
+        # forward the next context is x_{t-w+2} .. x_t, window blocks w-2 .. 0; backward x_t .. x_{t+w-2}
+        block = r if backward else window - 2 - r
+        next_context[r, 0] = source[block * size : (block + 1) * size]
+    for j in range(bias.shape[0]):
+        gates[j] = load(bias[j])
+    _accumulate(weight, source, gates)
+    _pool_row(gates, c_prev, out, c_new, out.shape[0], scale, one, output_gate, input_gate)
+
+
+@intrinsic
+def _at(typingctx, address, like):  # pragma: no cover - numba
+    """The pointer to ``address`` (an integer) typed as ``like``'s elements."""
+    if not (isinstance(address, types.Integer) and isinstance(like, types.Array)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+    return types.CPointer(like.dtype)(address, like), codegen
+
+
+@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+def step_in_place(plan, scales, one, x, out):  # pragma: no cover - numba
+    """One batch-1 step through a stack whose state lives in buffers the caller owns (``Stepper``): the
+    same layer step as :func:`_stack`, each layer's context and cell state updated in place.
+
+    Per layer ``l``, ``plan[l]`` = the data addresses of the weight (G*H, w*I) C-contiguous, the bias (G*H,)
+    or 0 for none, the context (w - 1, 1, I) or 0 for window 1 and the cell state (H,), tensors of ``x``'s
+    dtype that the caller keeps alive and checks before each call; then G*H, w*I, window, backward,
+    output_gate, input_gate (one int64 array: each argument costs the call's dispatch time). ``scales``
+    the forget scales (the compute dtype), ``x`` the first layer's input (I elements), ``out`` the last
+    layer's output (H elements).
+    """
+    layer_input = x.reshape(x.size)
+    output = out.reshape(out.size)
+    last = plan.shape[0] - 1
+    for layer in range(plan.shape[0]):
+        rows, cols, window, backward, output_gate, input_gate = plan[layer, 4:]
+        size, hidden = cols // window, rows // (2 + output_gate + input_gate)
+        weight = numba.carray(_at(plan[layer, 0], x), (rows, cols))
+        if plan[layer, 1]:
+            bias = numba.carray(_at(plan[layer, 1], x), rows)
+        else:
+            bias = np.zeros(rows, x.dtype)
+        context = numba.carray(_at(plan[layer, 2], x), (window - 1, 1, size))
+        state = numba.carray(_at(plan[layer, 3], x), hidden)
+        layer_output = output if layer == last else np.empty(hidden, x.dtype)
+        gates = np.empty(rows, scales.dtype)
+        _layer_step(
+            weight, bias, layer_input, context, context, gates, state, state, layer_output, window, backward,
+            output_gate, input_gate, scales[layer], one,
+        )  # fmt: skip
         layer_input = layer_output
 
 
