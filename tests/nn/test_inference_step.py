@@ -124,7 +124,7 @@ def _stack_kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     original = step_kernels.stack_step
 
     def counted(plan, *args):
-        calls.append(len(plan.weights))
+        calls.append(len(plan.plan))
         return original(plan, *args)
 
     monkeypatch.setattr(step_kernels, "stack_step", counted)

@@ -58,7 +58,7 @@ _RUN = textwrap.dedent(
         halves = (t.bfloat16() for t in (source, weight, bias, state))  # batch 1: MKL's bfloat16 product
         results[f"step bf16 {batch} {size} {hidden}"] = list(qrnn_step(*halves))
     kernels = [pool_cpu._forward_jobs, pool_cpu._backward_jobs, forget_mult_cpu._forward_jobs]
-    kernels += [step_cpu._stack, step_cpu._gates]  # the batch-1 step (BLAS inside) and the others
+    kernels += [step_cpu.step_stack, step_cpu._gates]  # the batch-1 step (BLAS inside) and the others
     hits = sum(sum(k.stats.cache_hits.values()) for k in kernels)
     misses = sum(sum(k.stats.cache_misses.values()) for k in kernels)
     torch.save(results, sys.argv[1])

@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 from torch.nn.modules import module as _module
 
-from ..ops._cpu import as_numpy
 from ..ops.qrnn_step import fused_step_kernels
 from .layer import QRNNLayer
 from .qrnn import QRNN
@@ -193,65 +192,47 @@ class Stepper:
 
 
 class _FusedSteps:
-    """The fused in-place step's arguments (``qrnn_step.cpu.step_in_place``): the addresses of the weights,
-    biases, contexts and states (kept alive here, and checked before each call), the layers' layout and
-    forget scales."""
+    """The fused in-place step: the stack's plan (``qrnn_step.cpu.StackPlan``, which the module path's
+    batch-1 steps use too), the addresses of the stepper's contexts (each updated in place) and states, and
+    what :meth:`usable` checks before each call."""
 
     def __init__(
         self, stepper: Stepper, parameters: list[tuple[Tensor, Tensor | None]], kernels: Any
     ) -> None:
         layers = stepper.layers
-        dtype = stepper.dtype
-        self.storage, compute = kernels._STORAGE[dtype], kernels._COMPUTE[dtype]
-        self.kernel = kernels.step_in_place
-        self.one = compute(1)
-        self.scales = np.array([layer._forget_scale() for layer in layers], compute)
-        # the tensors read through their addresses: held here (so their storage outlives the stepper's
-        # use of it) and checked, each call, to be still the module's parameters at the same address; and
-        # each layer's projection, still the module whose parameters they are
-        self.watched: list[tuple[dict[str, Any], str, Any, int | None, Tensor | None]] = []
+        options = [(layer.window, layer.backward, layer.output_gate, layer.input_gate) for layer in layers]
+        self.stack = kernels.StackPlan(parameters, options, [layer._forget_scale() for layer in layers])
+        self.kernel, self.storage = kernels.step_stack, self.stack.storage
+        # the parameters read through their addresses (the plan holds them, so their storage lives), checked
+        # each call to be still the module's, at the same address; and each layer's projection module
+        self.watched: list[tuple[dict[str, Any], str, Any, int | None]] = []
         for (w, b), layer in zip(parameters, layers, strict=True):
             linear = layer._modules["linear"]
-            self.watched.append((layer._modules, "linear", linear, None, None))
+            self.watched.append((layer._modules, "linear", linear, None))
             for name, tensor in (("weight", w), ("bias", b)):
                 if tensor is not None:
-                    owner = linear._parameters  # type: ignore[union-attr]
-                    self.watched.append((owner, name, tensor, tensor.data_ptr(), tensor.detach()))
-        self.plan = np.array(
-            [
-                (
-                    w.data_ptr(),
-                    0 if b is None else b.data_ptr(),
-                    context.data_ptr() if context.numel() else 0,
-                    stepper._h[index, 0].data_ptr(),
-                    *(
-                        w.shape[0],
-                        w.shape[1],
-                        layer.window,
-                        layer.backward,
-                        layer.output_gate,
-                        layer.input_gate,
-                    ),
-                )
-                for index, ((w, b), context, layer) in enumerate(
-                    zip(parameters, stepper._contexts, layers, strict=True)
-                )
-            ],
-            np.int64,
-        )
+                    self.watched.append((linear._parameters, name, tensor, tensor.data_ptr()))  # type: ignore[union-attr]
+        # with the stepper's contexts and cell states, each read and written in place
+        self.plan = self.stack.plan.copy()
+        for index, context in enumerate(stepper._contexts):
+            if context.numel():
+                self.plan[index, 8:10] = context.data_ptr()
+            self.plan[index, 10:] = stepper._h[index, 0].data_ptr()
+        self.scales, self.one = self.stack.scales, self.stack.one
         self.modes = [(layer, layer.training, layer.zoneout) for layer in layers]  # (zoneout: the scales)
         self.buffers = (stepper._h, *stepper._contexts)  # (the stepper's own: the same tensors throughout)
         size, hidden = stepper.input_size, stepper.hidden_size
         self.output_shapes = {torch.Size([1, size]): (1, hidden), torch.Size([size]): (hidden,)}
+        dtype = stepper.dtype
         half = dtype not in (torch.float32, torch.float64)
-        self.numpy = as_numpy if half else Tensor.numpy
+        self.numpy = kernels.as_numpy if half else Tensor.numpy  # (half types: their 16-bit storage)
         self.tensor = (lambda a: torch.from_numpy(a).view(dtype)) if half else torch.from_numpy
 
     def usable(self) -> bool:
         """Whether the step may run as planned: every parameter read still the module's, at the address
         planned; each layer in its mode and zoneout, without hooks; no global hooks or deterministic
         algorithms (:meth:`Stepper._conditions`, polled here at a fraction of its cost)."""
-        for owner, name, value, address, _ in self.watched:
+        for owner, name, value, address in self.watched:
             if owner.get(name) is not value or (address is not None and value.data_ptr() != address):  # type: ignore[union-attr]
                 return False
         for layer, training, zoneout in self.modes:

@@ -159,7 +159,7 @@ def cached_plan(
 
 def fused_step_kernels() -> Any:
     """The CPU step kernels' module (``qrnn_step/cpu.py``), loaded on first use (numba compiles it):
-    ``stack_available(dtype)``, ``step_in_place`` and the dtypes' storage, for :class:`torchqrnn.Stepper`."""
+    ``stack_available(dtype)``, ``StackPlan`` and ``step_stack``, for :class:`torchqrnn.Stepper`."""
     return kernel_module(__name__, "cpu")
 
 

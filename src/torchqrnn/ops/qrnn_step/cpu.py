@@ -88,36 +88,60 @@ def _gates(gates, h0, out, hn, hidden, scale, one, flags):  # pragma: no cover -
 
 
 @njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
-def _stack(weights, biases, x, contexts, h0, out, hn, new_contexts, options, scales, one, has_h0):
-    # pragma: no cover - numba
-    """One batch-1 step through a stack of layers, in one call.
+def step_stack(plan, scales, one, x, out):  # pragma: no cover - numba
+    """One batch-1 step through a stack of layers, in one call: each layer builds its window from its
+    input and context, takes its gates ``bias + W source`` from the platform's BLAS (``_accumulate``), pools
+    them from its cell state and hands its output up (rounded to the weights' dtype, as a layer's output is).
 
-    Per layer ``l``: ``weights[l]`` (G*H, w*I) C-contiguous and ``biases[l]`` (G*H,); ``contexts[l]`` the
-    window context (w - 1, 1, I) and ``new_contexts[l]`` where the next one goes; ``options[l]`` = (window,
-    backward, output_gate, input_gate), ``scales[l]`` the forget scale. ``x`` (I elements, any shape) is the
-    first layer's input, ``h0`` (L * H elements) the states (unread unless ``has_h0``); ``out`` (H
-    elements) gets the last layer's output and ``hn`` (L * H elements) every layer's new state: the caller
-    allocates them in the shapes it returns. Each layer builds its window ``[x_t; x_{t-1}; ...]`` (``[x_t;
-    x_{t+1}; ...]`` backward) from its input and context, takes its gates ``bias + W source`` from torch's
-    BLAS (``_blas.gemv``, as ``torch.addmv`` computes them; bfloat16 weights: MKL's bfloat16 product,
-    float32 gates), pools them, and hands its output up (rounded to the weights' dtype, as a layer's output
-    is).
+    The layers' tensors are addressed through one int64 array (each argument costs the call's dispatch
+    time): per layer ``l``, ``plan[l]`` = the data addresses of its weight (G*H, w*I) C-contiguous and bias
+    (G*H,) (0: none); G*H, w*I, window, backward, output_gate, input_gate; the addresses of its window
+    context (w - 1, 1, I) (0: zeros) and of where the next one goes (0 for window 1); of its cell state (H,)
+    (0: zeros) and of where the new one goes. A context or state may be updated in place (the same address
+    in and out). The tensors behind the addresses have ``x``'s dtype; the caller keeps them alive and
+    checks them before each call (``StackPlan.holds``). ``scales`` the forget scales (the compute dtype),
+    ``x`` the first layer's input (I elements), ``out`` the last layer's output (H elements).
     """
-    layer_input = x.reshape(x.size)
-    states, new_states, output = h0.reshape(h0.size), hn.reshape(hn.size), out.reshape(out.size)
-    hidden = output.shape[0]
-    last = len(weights) - 1
-    for layer in range(len(weights)):
-        window, backward, output_gate, input_gate = options[layer]
-        rows = slice(layer * hidden, (layer + 1) * hidden)
-        layer_output = output if layer == last else np.empty(hidden, weights[layer].dtype)
-        c_prev = states[rows] if has_h0 else np.zeros(hidden, new_states.dtype)
-        gates = np.empty(biases[layer].shape[0], scales.dtype)  # float32 for bfloat16 weights
+    layer_input, output, hidden = x.reshape(x.size), out.reshape(out.size), out.size
+    last = plan.shape[0] - 1
+    for layer in range(plan.shape[0]):
+        rows, cols, window, backward, output_gate, input_gate = plan[layer, 2:8]
+        size = cols // window
+        weight = numba.carray(_at(plan[layer, 0], x), (rows, cols))
+        bias = numba.carray(_at(plan[layer, 1], x), rows) if plan[layer, 1] else np.zeros(rows, x.dtype)
+        if plan[layer, 8]:
+            context = numba.carray(_at(plan[layer, 8], x), (window - 1, 1, size))
+        else:
+            context = np.zeros((window - 1, 1, size), x.dtype)
+        next_context = numba.carray(_at(plan[layer, 9], x), (window - 1, 1, size))
+        c_new = numba.carray(_at(plan[layer, 11], x), hidden)
+        if not plan[layer, 10]:
+            c_prev = np.zeros(hidden, x.dtype)
+        elif plan[layer, 10] == plan[layer, 11]:
+            # in place: read a copy, or the gates' loop would find its input and output overlapping and
+            # run unvectorised (about 2 us at 320 units, measured)
+            c_prev = c_new.copy()
+        else:
+            c_prev = numba.carray(_at(plan[layer, 10], x), hidden)
+        layer_output = output if layer == last else np.empty(hidden, x.dtype)
+        gates = np.empty(rows, scales.dtype)  # float32 for bfloat16 weights
         _layer_step(
-            weights[layer], biases[layer], layer_input, contexts[layer], new_contexts[layer], gates, c_prev,
-            new_states[rows], layer_output, window, backward, output_gate, input_gate, scales[layer], one,
+            weight, bias, layer_input, context, next_context, gates, c_prev, c_new, layer_output, window,
+            backward, output_gate, input_gate, scales[layer], one,
         )  # fmt: skip
         layer_input = layer_output
+
+
+@intrinsic
+def _at(typingctx, address, like):  # pragma: no cover - numba
+    """The pointer to ``address`` (an integer) typed as ``like``'s elements."""
+    if not (isinstance(address, types.Integer) and isinstance(like, types.Array)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+    return types.CPointer(like.dtype)(address, like), codegen
 
 
 @njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", inline="always")
@@ -144,52 +168,6 @@ def _layer_step(
         gates[j] = load(bias[j])
     _accumulate(weight, source, gates)
     _pool_row(gates, c_prev, out, c_new, out.shape[0], scale, one, output_gate, input_gate)
-
-
-@intrinsic
-def _at(typingctx, address, like):  # pragma: no cover - numba
-    """The pointer to ``address`` (an integer) typed as ``like``'s elements."""
-    if not (isinstance(address, types.Integer) and isinstance(like, types.Array)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
-
-    return types.CPointer(like.dtype)(address, like), codegen
-
-
-@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
-def step_in_place(plan, scales, one, x, out):  # pragma: no cover - numba
-    """One batch-1 step through a stack whose state lives in buffers the caller owns (``Stepper``): the
-    same layer step as :func:`_stack`, each layer's context and cell state updated in place.
-
-    Per layer ``l``, ``plan[l]`` = the data addresses of the weight (G*H, w*I) C-contiguous, the bias (G*H,)
-    or 0 for none, the context (w - 1, 1, I) or 0 for window 1 and the cell state (H,), tensors of ``x``'s
-    dtype that the caller keeps alive and checks before each call; then G*H, w*I, window, backward,
-    output_gate, input_gate (one int64 array: each argument costs the call's dispatch time). ``scales``
-    the forget scales (the compute dtype), ``x`` the first layer's input (I elements), ``out`` the last
-    layer's output (H elements).
-    """
-    layer_input = x.reshape(x.size)
-    output = out.reshape(out.size)
-    last = plan.shape[0] - 1
-    for layer in range(plan.shape[0]):
-        rows, cols, window, backward, output_gate, input_gate = plan[layer, 4:]
-        size, hidden = cols // window, rows // (2 + output_gate + input_gate)
-        weight = numba.carray(_at(plan[layer, 0], x), (rows, cols))
-        if plan[layer, 1]:
-            bias = numba.carray(_at(plan[layer, 1], x), rows)
-        else:
-            bias = np.zeros(rows, x.dtype)
-        context = numba.carray(_at(plan[layer, 2], x), (window - 1, 1, size))
-        state = numba.carray(_at(plan[layer, 3], x), hidden)
-        layer_output = output if layer == last else np.empty(hidden, x.dtype)
-        gates = np.empty(rows, scales.dtype)
-        _layer_step(
-            weight, bias, layer_input, context, context, gates, state, state, layer_output, window, backward,
-            output_gate, input_gate, scales[layer], one,
-        )  # fmt: skip
-        layer_input = layer_output
 
 
 def _product(source: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -264,10 +242,11 @@ _FLOATS = (torch.float32, torch.float64)
 
 
 class StackPlan:
-    """What :func:`stack_step` needs of a stack of layers that does not change from step to step: numpy
-    views of the weights (views, not copies: in-place changes, ``.data`` ones included, are seen), the
-    layers' options, and the shapes of what a step allocates. :meth:`holds` tells whether the plan still
-    views the given parameters' storage."""
+    """What :func:`step_stack` needs of a stack of layers that does not change from step to step: the
+    addresses of the weights and biases (read in place: in-place changes, ``.data`` ones included, are
+    seen; the tensors are held here, so their storage lives as long as the plan), the layers' options and
+    forget scales, and the shapes of what a step allocates. :meth:`holds` tells whether the plan still
+    reads the given parameters' storage."""
 
     def __init__(
         self,
@@ -276,29 +255,34 @@ class StackPlan:
         scales: list[float],
     ) -> None:
         dtype = self.dtype = parameters[0][0].dtype
-        storage, compute = self.storage, _ = _STORAGE[dtype], _COMPUTE[dtype]
+        self.storage, compute = _STORAGE[dtype], _COMPUTE[dtype]
         self.parameters = parameters
         self.key = (list(options), list(scales))  # (compared with the callers' lists: no copy a step)
         self.pointers = [(w.data_ptr(), None if b is None else b.data_ptr()) for w, b in parameters]
-        # a weight that is not contiguous is viewed through a copy, which its later changes would miss: such
-        # a plan serves one step and is made again for the next
+        # a weight that is not contiguous is read through a copy, which its later changes would miss: such a
+        # plan serves one step and is made again for the next
         self.copies = not all(w.is_contiguous() and (b is None or b.is_contiguous()) for w, b in parameters)
-        self.weights = tuple(as_numpy(w.contiguous()) for w, _ in parameters)
-        self.biases = tuple(
-            np.zeros(w.shape[0], storage) if b is None else as_numpy(b.contiguous()) for w, b in parameters
+        self.kept = [
+            (w.detach().contiguous(), None if b is None else b.detach().contiguous()) for w, b in parameters
+        ]
+        self.plan = np.array(
+            [
+                (w.data_ptr(), 0 if b is None else b.data_ptr(), w.shape[0], w.shape[1], *o, 0, 0, 0, 0)
+                for (w, b), o in zip(self.kept, options, strict=True)
+            ],
+            np.int64,
         )
-        self.options = tuple((int(o[0]), bool(o[1]), bool(o[2]), bool(o[3])) for o in options)
         self.scales = np.array(scales, compute)
         self.one = compute(1)
         self.hidden = parameters[-1][0].shape[0] // (2 + options[-1][2] + options[-1][3])
         sizes = [w.shape[1] // o[0] for (w, _), o in zip(parameters, options, strict=True)]
-        # each layer's context (w - 1, 1, I): zeros for a missing one; a window-1 layer's is empty, and so
-        # is the one it returns (shared: it holds nothing)
+        # each layer's context (w - 1, 1, I); a window-1 layer's is empty, and so is the one it returns
+        # (shared: it holds nothing)
         self.context_shapes = [(o[0] - 1, 1, size) for o, size in zip(options, sizes, strict=True)]
-        self.zero_contexts = tuple(np.zeros(shape, storage) for shape in self.context_shapes)
         self.windowed = any(o[0] > 1 for o in options)
+        self.state_bytes = self.hidden * torch.empty(0, dtype=dtype).element_size()  # (one layer's state)
         self.empty_contexts = (
-            [_tensor(zeros, dtype) for zeros in self.zero_contexts] if not self.windowed else []
+            [torch.zeros(shape, dtype=dtype) for shape in self.context_shapes] if not self.windowed else []
         )
         self.half = dtype not in _FLOATS
 
@@ -339,35 +323,22 @@ def stack_step(
     """One batch-1 step through the planned stack: ``x`` (I elements); ``contexts[l]`` (w_l - 1, 1, I_l)
     or None for zeros; ``h0`` (L * H elements) or None. Returns ``(output, states, next contexts (w_l - 1,
     1, I_l))``, the first two of the shapes asked for (H and L * H elements)."""
-    storage = plan.storage
-    out, hn = np.empty(output_shape, storage), np.empty(state_shape, storage)
+    out, hn = np.empty(output_shape, plan.storage), torch.empty(state_shape, dtype=plan.dtype)
+    layers = plan.plan.copy()  # with this step's addresses: the contexts', the states'
     if plan.windowed:
-        next_contexts = tuple(np.empty(shape, storage) for shape in plan.context_shapes)
-        context_arrays = tuple(
-            zeros if c is None or not zeros.size else _numpy(c.contiguous(), plan.half)
-            for c, zeros in zip(contexts, plan.zero_contexts, strict=True)
-        )
+        returned = [torch.empty(shape, dtype=plan.dtype) for shape in plan.context_shapes]
+        given = [None if c is None else c.contiguous() for c in contexts]  # (alive through the call)
+        for layer, (c, n) in enumerate(zip(given, returned, strict=True)):
+            if n.numel():
+                layers[layer, 8:10] = (0 if c is None else c.data_ptr(), n.data_ptr())
     else:
-        next_contexts = context_arrays = plan.zero_contexts  # (empty: nothing is read or written)
-    _stack(
-        plan.weights,
-        plan.biases,
-        _numpy(x.contiguous(), plan.half),
-        context_arrays,
-        NO_STATE[plan.dtype] if h0 is None else _numpy(h0.contiguous(), plan.half),
-        out,
-        hn,
-        next_contexts,
-        plan.options,
-        plan.scales,
-        plan.one,
-        h0 is not None,
-    )
-    if not plan.windowed:
-        returned = plan.empty_contexts
-    else:
-        returned = [_tensor(c, plan.dtype) for c in next_contexts]
-    return _tensor(out, plan.dtype), _tensor(hn, plan.dtype), returned
+        returned = plan.empty_contexts  # (window 1 everywhere: no context read or written)
+    states = None if h0 is None else h0.contiguous()
+    for layer in range(len(layers)):
+        offset = layer * plan.state_bytes
+        layers[layer, 10:] = (0 if states is None else states.data_ptr() + offset, hn.data_ptr() + offset)
+    step_stack(layers, plan.scales, plan.one, _numpy(x.contiguous(), plan.half), out)
+    return _tensor(out, plan.dtype), hn, returned
 
 
 def _numpy(t: Tensor, half: bool) -> np.ndarray:
