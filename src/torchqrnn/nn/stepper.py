@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -12,7 +12,9 @@ from torch.nn.modules import module as _module
 from ..ops.qrnn_step import fused_step_kernels
 from .layer import QRNNLayer
 from .qrnn import QRNN
-from .streaming import StreamingQRNN
+
+if TYPE_CHECKING:
+    from .streaming import StreamingQRNN
 
 __all__ = ["Stepper"]
 
@@ -49,6 +51,8 @@ class Stepper:
     """
 
     def __init__(self, model: QRNN | StreamingQRNN | QRNNLayer, batch_size: int = 1) -> None:
+        from .streaming import StreamingQRNN  # (which imports this module)
+
         if isinstance(model, StreamingQRNN):
             model = model.qrnn
         if isinstance(model, QRNN):

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from .layer import QRNNLayer
 from .qrnn import QRNN
+from .stepper import Stepper
 
 
 class StreamingQRNN(nn.Module):
@@ -61,6 +62,12 @@ class StreamingQRNN(nn.Module):
         zeros = lambda *shape: torch.zeros(shape, dtype=dtype, device=device)
         h0 = zeros(self.qrnn.num_layers, batch_size, self.qrnn.hidden_size)
         return (h0, *(zeros(*shape) for shape in self.context_shapes(batch_size)))
+
+    def stepper(self, batch_size: int = 1) -> Stepper:
+        """A :class:`~torchqrnn.Stepper` of the wrapped QRNN: the same steps with the state kept inside
+        instead of passed in and out, for online inference in Python (one kernel call a step at batch 1 on
+        the CPU). Its :attr:`~torchqrnn.Stepper.state` is laid out as :meth:`initial_state`."""
+        return Stepper(self.qrnn, batch_size)
 
     def forward(self, input: Tensor, h0: Tensor, *contexts: Tensor) -> tuple[Tensor, ...]:
         if len(contexts) != self.qrnn.num_layers:
