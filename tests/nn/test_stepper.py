@@ -214,3 +214,25 @@ def test_the_fused_kernel_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(stepper_module.Stepper, "_generic", refuse)
     for _ in range(3):
         stepper(torch.randn(1, 5))
+
+
+def test_dropout_between_layers_in_training_is_drawn_by_the_model() -> None:
+    """As a module call decides (one decision for both): a training QRNN with dropout steps layer by layer."""
+    qrnn = QRNN(5, 4, num_layers=2, dropout=0.5)
+    stepper = Stepper(qrnn)
+    assert stepper._fast is None
+    qrnn.eval()
+    stepper(torch.randn(5))
+    assert stepper._fast is not None  # (the mode changed: decided again)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_a_layer_steps_a_batch_through_forward_stream(batch_first: bool) -> None:
+    torch.manual_seed(6)
+    layer = QRNNLayer(5, 4, window=2, batch_first=batch_first).eval()
+    x = torch.randn(6, 2, 5)
+    expected, h_n = whole(layer, x.transpose(0, 1) if batch_first else x)
+    stepper = Stepper(layer, batch_size=2)
+    got = stepped(stepper, x)
+    torch.testing.assert_close(got.transpose(0, 1) if batch_first else got, expected)
+    torch.testing.assert_close(stepper.state[0], h_n)

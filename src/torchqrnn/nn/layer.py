@@ -539,3 +539,26 @@ class QRNNLayer(nn.Module):
             "backend": "auto",
         }
         return options_repr(self, defaults, self.input_size, self.hidden_size)
+
+
+def fused_stack_parameters(
+    owner: nn.Module, layers: list[QRNNLayer], x: Tensor, contexts: list[Tensor | None], state: Tensor | None
+) -> list[tuple[Tensor, Tensor | None]] | None:
+    """The one decision whether a batch-1 step of a stack of ``layers`` (of ``owner``: a ``QRNN``, or a
+    layer itself) may run fused in one kernel call, for :meth:`QRNN._single_step` and
+    :class:`~torchqrnn.Stepper`: each layer would take its own single-step path
+    (:meth:`QRNNLayer._one_inference_step`, on the stack's input ``x``, the layer's context and a state
+    ``state``), and calling the layers as modules could change nothing (no hooks, no dropout between layers
+    drawn). Returns each layer's plain ``(weight, bias)``, or None."""
+    dropout = owner.training and bool(owner.__dict__.get("dropout"))  # (a QRNN's, between its layers)
+    if dropout or _module._global_forward_hooks or _module._global_forward_pre_hooks:
+        return None
+    parameters = []
+    for layer, context in zip(layers, contexts, strict=True):
+        if layer._forward_hooks or layer._forward_pre_hooks:
+            return None
+        plain = layer._one_inference_step(x, context, state)
+        if plain is None:
+            return None
+        parameters.append(plain)
+    return parameters

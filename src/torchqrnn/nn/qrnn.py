@@ -9,7 +9,6 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch.nn.modules import module as _module
 from torch.nn.utils.rnn import PackedSequence
 
 from ..ops import thresholds
@@ -17,7 +16,7 @@ from ..ops._dispatch import check_backend, shape_str
 from ..ops.qrnn_step import cached_plan, without_plan
 from ._repr import options_repr
 from ._sequence import autocast_note, pack_like, state_dtype_ok, unpack
-from .layer import QRNNLayer, StackCall
+from .layer import QRNNLayer, StackCall, fused_stack_parameters
 
 _T = TypeVar("_T")
 
@@ -322,28 +321,16 @@ class QRNN(nn.Module):
         batch_first: bool,
     ) -> tuple[Tensor, Tensor, list[Tensor]] | None:
         """One batch-1 inference step through the whole stack in one kernel call (``qrnn_step.cached_plan``):
-        no per-layer module dispatch, the weights' views kept from step to step. Only where each layer would
-        take its own single-step path (:meth:`QRNNLayer._one_inference_step` decides, for each) and calling
-        the layers as modules could change nothing (no hooks on them); None otherwise (the layer loop)."""
+        no per-layer module dispatch, the weights' addresses kept from step to step. Only where
+        :func:`~torchqrnn.nn.layer.fused_stack_parameters` says so (as for a :class:`~torchqrnn.Stepper`);
+        None otherwise (the layer loop)."""
         time_dim = 1 if batch_first else 0
-        if (
-            x.shape[time_dim] != thresholds.SINGLE_STEP
-            or x.shape[1 - time_dim] != 1
-            or self.bidirectional
-            or (self.training and self.dropout)
-            or _module._global_forward_hooks
-            or _module._global_forward_pre_hooks
-        ):
+        if x.shape[time_dim] != thresholds.SINGLE_STEP or x.shape[1 - time_dim] != 1 or self.bidirectional:
             return None
-        parameters = []
-        for directions, context in zip(stack, contexts, strict=True):
-            layer = directions[0]
-            if layer._forward_hooks or layer._forward_pre_hooks:
-                return None
-            plain = layer._one_inference_step(x, context, None if states is None else states[0])
-            if plain is None:
-                return None
-            parameters.append(plain)
+        state = None if states is None else states[0]
+        parameters = fused_stack_parameters(self, [d[0] for d in stack], x, contexts, state)
+        if parameters is None:
+            return None
         layers = [directions[0] for directions in stack]
         options = [(layer.window, False, layer.output_gate, layer.input_gate) for layer in layers]
         scales = [layer._forget_scale() for layer in layers]

@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.nn.modules import module as _module
 
 from ..ops.qrnn_step import fused_step_kernels
-from .layer import QRNNLayer
+from .layer import QRNNLayer, fused_stack_parameters
 from .qrnn import QRNN
 
 if TYPE_CHECKING:
@@ -164,6 +164,7 @@ class Stepper:
         """What the choice of path depends on beyond the parameters: each layer's mode, zoneout and hooks,
         global hooks, deterministic algorithms (autocast never applies: see the class docstring)."""
         return (
+            self.model.training,
             tuple((layer.training, layer.zoneout) for layer in self.layers),
             any(bool(layer._forward_hooks or layer._forward_pre_hooks) for layer in self.layers),
             bool(_module._global_forward_hooks or _module._global_forward_pre_hooks),
@@ -171,23 +172,18 @@ class Stepper:
         )
 
     def _prepare(self) -> None:
-        """Decide the path: the fused in-place step where, at batch 1, each layer would take its own fused
-        single step (:meth:`QRNNLayer._one_inference_step` decides, as for a module call) and calling the
-        layers as modules could change nothing; the model's ``forward_stream`` otherwise."""
-        self._prepared = conditions = self._conditions()
+        """Decide the path: the fused in-place step where, at batch 1, a module call would fuse the step
+        (:func:`~torchqrnn.nn.layer.fused_stack_parameters` decides for both); the model's
+        ``forward_stream`` otherwise."""
+        self._prepared = self._conditions()
         self._fast = None
-        hooked, global_hooks = conditions[1], conditions[2]
-        if self.batch_size != 1 or hooked or global_hooks or self.device.type != "cpu":
+        if self.batch_size != 1 or self.device.type != "cpu":
             return
         x = torch.zeros(1, 1, self.input_size, dtype=self.dtype)
-        parameters = []
         with torch.no_grad(), torch.autocast("cpu", enabled=False):
-            for layer, context in zip(self.layers, self._contexts, strict=True):
-                plain = layer._one_inference_step(x, context, self._h[0])
-                if plain is None:
-                    return
-                parameters.append(plain)
-                x = torch.zeros(1, 1, layer.hidden_size, dtype=self.dtype)
+            parameters = fused_stack_parameters(self.model, self.layers, x, list(self._contexts), self._h[0])
+        if parameters is None:
+            return
         kernels = fused_step_kernels()
         contiguous = all(w.is_contiguous() and (b is None or b.is_contiguous()) for w, b in parameters)
         if not kernels.stack_available(self.dtype) or not contiguous:
