@@ -167,6 +167,10 @@ def test_state_is_copied_out_and_in() -> None:
     torch.testing.assert_close(rest, out)
     with pytest.raises(ValueError, match=r"expected \(h, \*contexts\) of shapes"):
         stepper.state = saved[:2]
+    with pytest.raises(
+        ValueError, match=r"expected tensors of dtype torch.float32 on cpu \(the model's\), got torch.float64"
+    ):
+        stepper.state = [t.double() for t in saved]
 
 
 def stepped_from(stepper: Stepper, x: torch.Tensor) -> torch.Tensor:

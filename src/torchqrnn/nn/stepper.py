@@ -101,6 +101,12 @@ class Stepper:
         got = [tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in state]
         if got != expected:
             raise ValueError(f"Stepper.state: expected (h, *contexts) of shapes {expected}, got {got}")
+        for t in state:
+            if t.dtype != self.dtype or t.device != self.device:
+                raise ValueError(
+                    f"Stepper.state: expected tensors of dtype {self.dtype} on {self.device} (the model's), "
+                    f"got {t.dtype} on {t.device}"
+                )
         with torch.no_grad():
             for buffer, value in zip((self._h, *self._contexts), state, strict=True):
                 buffer.copy_(value)
