@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.nn.modules import module as _module
@@ -119,12 +118,10 @@ class Stepper:
                 if not fast.usable():
                     self._prepare()  # a parameter was replaced, or a mode, hook or global setting changed
                     return self(input)
-                if input.requires_grad:
-                    input = input.detach()
-                x = fast.numpy(input if input.is_contiguous() else input.contiguous())
-                out = np.empty(shape, fast.storage)
-                fast.kernel(fast.plan, fast.scales, fast.one, x, out)
-                return fast.tensor(out)
+                source = input if input.is_contiguous() else input.contiguous()
+                out = fast.empty(shape, self.dtype)
+                fast.kernel(fast.plan, fast.scales, fast.like, source.data_ptr(), out.data_ptr())
+                return out
         if self._prepared != self._conditions():
             self._prepare()
             if self._fast is not None:
@@ -208,42 +205,40 @@ class _FusedSteps:
         layers = stepper.layers
         options = [(layer.window, layer.backward, layer.output_gate, layer.input_gate) for layer in layers]
         self.stack = kernels.StackPlan(parameters, options, [layer._forget_scale() for layer in layers])
-        self.kernel, self.storage = kernels.step_stack, self.stack.storage
-        # the parameters read through their addresses (the plan holds them, so their storage lives), checked
-        # each call to be still the module's, at the same address; and each layer's projection module
-        self.watched: list[tuple[dict[str, Any], str, Any, int | None]] = []
+        self.kernel, self.empty = kernels.step_stack, kernels.empty
+        # per layer, what each call checks: its projection module still the same, that module's weight and
+        # bias still the tensors read through their addresses (the plan holds them, so their storage
+        # lives), at those addresses; the layer's mode and zoneout (its forget scale)
+        self.watched: list[tuple[Any, ...]] = []
         for (w, b), layer in zip(parameters, layers, strict=True):
             linear = layer._modules["linear"]
-            self.watched.append((layer._modules, "linear", linear, None))
-            for name, tensor in (("weight", w), ("bias", b)):
-                if tensor is not None:
-                    self.watched.append((linear._parameters, name, tensor, tensor.data_ptr()))  # type: ignore[union-attr]
+            self.watched.append((
+                layer, layer._modules, linear, linear._parameters, w, w.data_ptr(), b,  # type: ignore[union-attr]
+                0 if b is None else b.data_ptr(), layer.training, layer.zoneout,
+            ))  # fmt: skip
         # with the stepper's contexts and cell states, each read and written in place
         self.plan = self.stack.plan.copy()
         for index, context in enumerate(stepper._contexts):
             if context.numel():
                 self.plan[index, 8:10] = context.data_ptr()
             self.plan[index, 10:] = stepper._h[index, 0].data_ptr()
-        self.scales, self.one = self.stack.scales, self.stack.one
-        self.modes = [(layer, layer.training, layer.zoneout) for layer in layers]  # (zoneout: the scales)
+        self.scales, self.like = self.stack.scales, self.stack.like
         self.buffers = (stepper._h, *stepper._contexts)  # (the stepper's own: the same tensors throughout)
         size, hidden = stepper.input_size, stepper.hidden_size
         self.output_shapes = {torch.Size([1, size]): (1, hidden), torch.Size([size]): (hidden,)}
-        dtype = stepper.dtype
-        half = dtype not in (torch.float32, torch.float64)
-        self.numpy = kernels.as_numpy if half else Tensor.numpy  # (half types: their 16-bit storage)
-        self.tensor = (lambda a: torch.from_numpy(a).view(dtype)) if half else torch.from_numpy
 
     def usable(self) -> bool:
         """Whether the step may run as planned: every parameter read still the module's, at the address
         planned; each layer in its mode and zoneout, without hooks; no global hooks or deterministic
         algorithms (:meth:`Stepper._conditions`, polled here at a fraction of its cost)."""
-        for owner, name, value, address in self.watched:
-            if owner.get(name) is not value or (address is not None and value.data_ptr() != address):  # type: ignore[union-attr]
-                return False
-        for layer, training, zoneout in self.modes:
+        for layer, modules, linear, parameters, w, w_at, b, b_at, training, zoneout in self.watched:
             if (
-                layer.training is not training
+                modules.get("linear") is not linear
+                or parameters.get("weight") is not w
+                or w.data_ptr() != w_at
+                or parameters.get("bias") is not b
+                or (b is not None and b.data_ptr() != b_at)
+                or layer.training is not training
                 or layer.zoneout != zoneout
                 or layer._forward_hooks
                 or layer._forward_pre_hooks
