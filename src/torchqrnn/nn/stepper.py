@@ -33,11 +33,12 @@ class Stepper:
     step's matrix-vector product at 320 units. A stepper makes the checks and the decision once and keeps
     its state in place; at batch 1 on the CPU a call is one kernel call (each layer's window, the
     platform's matrix-vector product, the gates and the state update), whose cost beyond the product is a
-    few microseconds (1.1-1.3x the product at 320 units on the CPUs measured: see the performance page). What could change between calls is checked on each: the input's dtype, device
-    and shape, the parameters (in-place changes are seen; replaced ones, or a new mode, hooks or
-    deterministic algorithms make the stepper decide again). Elsewhere (a batch over 1, a GPU, a
-    quantized or wrapped projection, hooks on a layer) each call is the model's own
-    ``forward_stream`` with the state carried, under ``torch.no_grad()``.
+    few microseconds (1.1-1.3x the product at 320 units on the CPU measured: see the performance page).
+    What could change between calls is checked on each: the input's dtype, device and shape, the
+    parameters (in-place changes are seen; replaced ones, or a new mode, hooks or deterministic algorithms
+    make the stepper decide again). Elsewhere (a batch over 1, a GPU, a quantized or wrapped projection,
+    hooks on a layer) each call is the model's own ``forward_stream`` with the state carried, under
+    ``torch.no_grad()``.
 
     Args:
         model: a unidirectional :class:`QRNN`, a :class:`StreamingQRNN`, or a :class:`QRNNLayer`; it is
