@@ -240,3 +240,23 @@ def test_a_layer_steps_a_batch_through_forward_stream(batch_first: bool) -> None
     got = stepped(stepper, x)
     torch.testing.assert_close(got.transpose(0, 1) if batch_first else got, expected)
     torch.testing.assert_close(stepper.state[0], h_n)
+
+
+def test_a_copy_steps_on_its_own_state() -> None:
+    """The fused step reads and writes its buffers by address: a deep copy (or an unpickled stepper) plans
+    its own, so the two run independently from the same point."""
+    import copy
+    import pickle
+
+    torch.manual_seed(7)
+    qrnn = QRNN(5, 4, num_layers=2, window=[2, 1]).eval()
+    x = torch.randn(6, 1, 5)
+    stepper = Stepper(qrnn)
+    for t in range(3):
+        stepper(x[t])
+    for twin in (copy.deepcopy(stepper), pickle.loads(pickle.dumps(stepper))):
+        assert twin._fast is not None
+        ahead = stepped_from(twin, x[3:])
+        assert [torch.equal(a, b) for a, b in zip(twin.state, stepper.state, strict=True)].count(False) > 0
+        torch.testing.assert_close(ahead, whole(qrnn, x)[0][3:])
+    torch.testing.assert_close(stepped_from(stepper, x[3:]), whole(qrnn, x)[0][3:])

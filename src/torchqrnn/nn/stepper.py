@@ -85,6 +85,15 @@ class Stepper:
         self._prepared: tuple[Any, ...] | None = None
         self._prepare()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # the fused step's plan holds raw addresses of this stepper's buffers: a copy (deepcopy, pickle)
+        # decides again for its own
+        return {**self.__dict__, "_fast": None, "_prepared": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._prepare()
+
     def reset(self) -> None:
         """Back to the state before a sequence's first step: zero cell states and contexts."""
         self._h.zero_()
