@@ -86,19 +86,17 @@ class Budget:
 
 # Seconds each section takes in a full and in a --quick run on this project's 2-core machine, for the estimate
 # of the time left, which scales them by how this run's finished sections compare (so only their proportions
-# matter once one has finished). Full: one run under load (load average 6 to 9: 36 minutes in all, December
-# 2026), the timed sections scaled by 0.11 to the four minutes of a quiet run, the latency ones (streaming,
-# streaming_modules: a fixed number of calls) and memory (a fixed number of steps) by less. Quick: one run
-# under load 4.5.
+# matter once one has finished). Full: the README's main job on an Intel Xeon (load average 0.3-2, 3 min 32 s
+# in all, 5 December 2026, with the Stepper rows). Quick: one run under load 4.5 (cold caches, as in CI).
 SECTION_SECONDS = {
-    "figure4": 46.0,
-    "ptb_training": 29.0,
-    "long_sequence": 4.0,
-    "streaming": 10.0,
-    "memory": 5.0,
-    "bf16": 38.0,
-    "int8": 110.0,
-    "streaming_modules": 20.0,
+    "figure4": 34.0,
+    "ptb_training": 8.6,
+    "long_sequence": 0.5,
+    "streaming": 42.0,
+    "memory": 3.7,
+    "bf16": 6.9,
+    "int8": 102.0,
+    "streaming_modules": 14.0,
 }
 QUICK_SECTION_SECONDS = {
     "figure4": 4.0,
