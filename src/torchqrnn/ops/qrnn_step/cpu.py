@@ -339,14 +339,16 @@ def stack_step(
         returned = [empty(shape, plan.dtype) for shape in plan.context_shapes]
         given = [None if c is None else c.contiguous() for c in contexts]  # (alive through the call)
         for layer, (c, n) in enumerate(zip(given, returned, strict=True)):
-            if n.numel():
-                layers[layer, 8:10] = (0 if c is None else c.data_ptr(), n.data_ptr())
+            if n.numel():  # (element by element: a slice assignment from a tuple costs a microsecond)
+                layers[layer, 8] = 0 if c is None else c.data_ptr()
+                layers[layer, 9] = n.data_ptr()
     else:
         returned = plan.empty_contexts  # (window 1 everywhere: no context read or written)
     states = None if h0 is None else h0.contiguous()
     for layer in range(len(layers)):
         offset = layer * plan.state_bytes
-        layers[layer, 10:] = (0 if states is None else states.data_ptr() + offset, hn.data_ptr() + offset)
+        layers[layer, 10] = 0 if states is None else states.data_ptr() + offset
+        layers[layer, 11] = hn.data_ptr() + offset
     source = x.contiguous()
     step_stack(layers, plan.scales, plan.like, source.data_ptr(), out.data_ptr())
     return out, hn, returned
