@@ -327,11 +327,11 @@ class QRNN(nn.Module):
         time_dim = 1 if batch_first else 0
         if x.shape[time_dim] != thresholds.SINGLE_STEP or x.shape[1 - time_dim] != 1 or self.bidirectional:
             return None
+        layers = [directions[0] for directions in stack]
         state = None if states is None else states[0]
-        parameters = fused_stack_parameters(self, [d[0] for d in stack], x, contexts, state)
+        parameters = fused_stack_parameters(self, layers, x, contexts, state)
         if parameters is None:
             return None
-        layers = [directions[0] for directions in stack]
         options = [(layer.window, False, layer.output_gate, layer.input_gate) for layer in layers]
         scales = [layer._forget_scale() for layer in layers]
         plan = cached_plan(self, parameters, options, scales)

@@ -233,7 +233,6 @@ class _FusedSteps:
                 self.plan[index, 8:10] = context.data_ptr()
             self.plan[index, 10:] = stepper._h[index, 0].data_ptr()
         self.scales, self.like = self.stack.scales, self.stack.like
-        self.buffers = (stepper._h, *stepper._contexts)  # (the stepper's own: the same tensors throughout)
         size, hidden = stepper.input_size, stepper.hidden_size
         self.output_shapes = {torch.Size([1, size]): (1, hidden), torch.Size([size]): (hidden,)}
 
