@@ -186,3 +186,16 @@ def test_inductor_keeps_the_ops_kernels_on_a_ci_machine(order: str, tmp_path: An
         [sys.executable, "-c", INDUCTOR_ON_CI, order], env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-4000:]
+
+
+def test_a_changed_inductor_gets_a_warning_not_a_broken_import() -> None:
+    """Registering the fallbacks reaches into Inductor's lowering module; should a later torch move what it
+    uses, importing Inductor must still work: the library warns instead."""
+    import types
+
+    from torchqrnn.ops import _decomposition
+
+    moved = types.ModuleType("lowering_without_the_names")
+    moved.lowerings = {}  # type: ignore[attr-defined]
+    with pytest.warns(RuntimeWarning, match="could not register its ops as Inductor fallback kernels"):
+        _decomposition._register_fallbacks(moved, [torch.ops.torchqrnn.qrnn_pool.default])
