@@ -296,9 +296,9 @@ torch.library.register_autograd("torchqrnn::qrnn_pool", _op_backward, setup_cont
 class _QRNNPoolFunction(torch.autograd.Function):
     """Eager twin of the op's autograd registration: the same kernels without the per-call dispatch to
     registered Python kernels, and without materialising zero gradients for unused outputs. Still needed
-    (Intel Xeon, 2 threads, forward+backward, the op's route against this one): 1.35-1.44x the time at (T, B,
-    H) = (1, 1, 32) and (8, 4, 64) (about 75 us a call more), and 1.36x at (105, 20, 640) when only ``h_n``
-    is used; on par (0.95x) at (105, 20, 640) with both outputs used."""
+    (Intel Xeon, 2 threads, forward+backward, the op's route against this one): 1.33-1.44x the time at
+    (T, B, H) = (1, 1, 32) and (8, 4, 64) (about 75 us a call more), and 1.36-1.38x at (105, 20, 640) when
+    only ``h_n`` is used; on par (0.95-0.97x) at (105, 20, 640) with both outputs used."""
 
     @staticmethod
     def forward(ctx: Any, *inputs: Any) -> tuple[Tensor, Tensor]:
