@@ -260,3 +260,38 @@ def test_a_copy_steps_on_its_own_state() -> None:
         assert [torch.equal(a, b) for a, b in zip(twin.state, stepper.state, strict=True)].count(False) > 0
         torch.testing.assert_close(ahead, whole(qrnn, x)[0][3:])
     torch.testing.assert_close(stepped_from(stepper, x[3:]), whole(qrnn, x)[0][3:])
+
+
+@pytest.mark.parametrize("wrap", ["hook", "parametrized", "quantized", "frozen"])
+def test_wrapped_projections_step_as_the_model_runs_them(wrap: str) -> None:
+    """A projection the layer must call as its module (a hook on it, a parametrization, int8
+    ``quantize_dynamic``) steps through the model; frozen parameters change nothing. Each equals the model."""
+    torch.manual_seed(8)
+    qrnn = QRNN(6, 5, num_layers=2, window=[2, 1]).eval()
+    if wrap == "hook":
+        qrnn.layers[1].linear.register_forward_hook(lambda module, args, out: out * 0.5)
+    elif wrap == "parametrized":
+        torch.nn.utils.parametrize.register_parametrization(qrnn.layers[0].linear, "weight", _Halved())
+    elif wrap == "quantized":
+        qrnn = torch.ao.quantization.quantize_dynamic(qrnn, {nn.Linear}, dtype=torch.qint8)
+    else:
+        qrnn.requires_grad_(False)
+    x = torch.randn(7, 1, 6)
+    stepper = Stepper(qrnn)
+    assert (stepper._fast is not None) == (wrap == "frozen")
+    # the model fed one step per call (int8 quantizes each call's input on its own scale, so a stream of
+    # single steps is what a stepper must equal; for the others it is the whole sequence too)
+    streamer = StreamingQRNN(qrnn)
+    state, expected = streamer.initial_state(1), []
+    with torch.no_grad():
+        for t in range(7):
+            out, *state = streamer(x[t : t + 1], *state)
+            expected.append(out)
+    torch.testing.assert_close(stepped(stepper, x), torch.cat(expected))
+    if wrap != "quantized":
+        torch.testing.assert_close(torch.cat(expected), whole(qrnn, x)[0])
+
+
+class _Halved(nn.Module):
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * 0.5
