@@ -227,11 +227,7 @@ class _FusedSteps:
                 0 if b is None else b.data_ptr(), layer.training, layer.zoneout,
             ))  # fmt: skip
         # with the stepper's contexts and cell states, each read and written in place
-        self.plan = self.stack.plan.copy()
-        for index, context in enumerate(stepper._contexts):
-            if context.numel():
-                self.plan[index, 8:10] = context.data_ptr()
-            self.plan[index, 10:] = stepper._h[index, 0].data_ptr()
+        self.plan = self.stack.addressed(stepper._contexts, stepper._contexts, stepper._h, stepper._h)
         self.scales, self.like = self.stack.scales, self.stack.like
         size, hidden = stepper.input_size, stepper.hidden_size
         self.output_shapes = {torch.Size([1, size]): (1, hidden), torch.Size([size]): (hidden,)}

@@ -17,6 +17,8 @@ product is the generic path's ``F.linear``, and a step equals the generic path b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numba
 import numpy as np
 import torch
@@ -266,7 +268,7 @@ class StackPlan:
         scales: list[float],
     ) -> None:
         dtype = self.dtype = parameters[0][0].dtype
-        self.storage, compute = _STORAGE[dtype], _COMPUTE[dtype]
+        storage, compute = _STORAGE[dtype], _COMPUTE[dtype]
         self.parameters = parameters
         self.key = (list(options), list(scales))  # (compared with the callers' lists: no copy a step)
         self.pointers = [(w.data_ptr(), None if b is None else b.data_ptr()) for w, b in parameters]
@@ -284,14 +286,14 @@ class StackPlan:
             np.int64,
         )
         self.scales = np.array([*scales, 1.0], compute)  # (1 last: the kernel's one)
-        self.like = np.empty(0, self.storage)
-        self.hidden = parameters[-1][0].shape[0] // (2 + options[-1][2] + options[-1][3])
+        self.like = np.empty(0, storage)
+        hidden = parameters[-1][0].shape[0] // (2 + options[-1][2] + options[-1][3])
         sizes = [w.shape[1] // o[0] for (w, _), o in zip(parameters, options, strict=True)]
         # each layer's context (w - 1, 1, I); a window-1 layer's is empty, and so is the one it returns
         # (shared: it holds nothing)
         self.context_shapes = [(o[0] - 1, 1, size) for o, size in zip(options, sizes, strict=True)]
         self.windowed = any(o[0] > 1 for o in options)
-        self.state_bytes = self.hidden * torch.empty(0, dtype=dtype).element_size()  # (one layer's state)
+        self.state_bytes = hidden * torch.empty(0, dtype=dtype).element_size()  # (one layer's state)
         self.empty_contexts = (
             [torch.zeros(shape, dtype=dtype) for shape in self.context_shapes] if not self.windowed else []
         )
@@ -306,6 +308,29 @@ class StackPlan:
     ) -> tuple[Tensor, Tensor, list[Tensor]]:
         """:func:`stack_step` of this plan."""
         return stack_step(self, x, contexts, h0, output_shape, state_shape)
+
+    def addressed(
+        self,
+        contexts: Sequence[Tensor | None],
+        next_contexts: Sequence[Tensor],
+        h0: Tensor | None,
+        hn: Tensor,
+    ) -> np.ndarray:
+        """The plan with one step's buffers for :func:`step_stack`: per layer, the context read
+        (``contexts[l]``, None: zeros) and where the next one goes (``next_contexts[l]``), the state read
+        (layer ``l``'s row of ``h0``, None: zeros) and where the new one goes (its row of ``hn``); a buffer
+        read and written in place is passed as both. Contiguous tensors of the plan's dtype, which the caller
+        keeps alive through the step."""
+        layers = self.plan.copy()
+        for layer, (c, n) in enumerate(zip(contexts, next_contexts, strict=True)):
+            if n.numel():  # (element by element: a slice assignment from a tuple costs a microsecond)
+                layers[layer, 8] = 0 if c is None else c.data_ptr()
+                layers[layer, 9] = n.data_ptr()
+        for layer in range(len(layers)):
+            offset = layer * self.state_bytes
+            layers[layer, 10] = 0 if h0 is None else h0.data_ptr() + offset
+            layers[layer, 11] = hn.data_ptr() + offset
+        return layers
 
     def holds(
         self,
@@ -334,21 +359,14 @@ def stack_step(
     or None for zeros; ``h0`` (L * H elements) or None. Returns ``(output, states, next contexts (w_l - 1,
     1, I_l))``, the first two of the shapes asked for (H and L * H elements)."""
     out, hn = empty(output_shape, plan.dtype), empty(state_shape, plan.dtype)
-    layers = plan.plan.copy()  # with this step's addresses: the contexts', the states'
     if plan.windowed:
         returned = [empty(shape, plan.dtype) for shape in plan.context_shapes]
-        given = [None if c is None else c.contiguous() for c in contexts]  # (alive through the call)
-        for layer, (c, n) in enumerate(zip(given, returned, strict=True)):
-            if n.numel():  # (element by element: a slice assignment from a tuple costs a microsecond)
-                layers[layer, 8] = 0 if c is None else c.data_ptr()
-                layers[layer, 9] = n.data_ptr()
+        # the given contexts, contiguous, alive through the call
+        given: Sequence[Tensor | None] = [None if c is None else c.contiguous() for c in contexts]
     else:
-        returned = plan.empty_contexts  # (window 1 everywhere: no context read or written)
-    states = None if h0 is None else h0.contiguous()
-    for layer in range(len(layers)):
-        offset = layer * plan.state_bytes
-        layers[layer, 10] = 0 if states is None else states.data_ptr() + offset
-        layers[layer, 11] = hn.data_ptr() + offset
+        returned = given = plan.empty_contexts  # (window 1 everywhere: no context read or written)
+    states = None if h0 is None else h0.contiguous()  # (alive through the call)
+    layers = plan.addressed(given, returned, states, hn)
     source = x.contiguous()
     step_stack(layers, plan.scales, plan.like, source.data_ptr(), out.data_ptr())
     return out, hn, returned
