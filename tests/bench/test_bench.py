@@ -204,3 +204,18 @@ def test_forget_mult_floor_moves_the_bytes_it_claims() -> None:
         np.testing.assert_array_equal(out, f * x)
         np.testing.assert_array_equal(df, (x - h) * g)
         np.testing.assert_array_equal(dx, f * g)
+
+
+def test_the_int8_section_without_torchao_is_skipped_with_its_reason() -> None:
+    """torchao is an extra (``torchqrnn[quantization]``): without it the main job's int8 section says what it
+    needs and the run goes on, rather than dying after the sections before it."""
+    script = (
+        "import sys; sys.modules['torchao'] = None\n"  # (an import of it now raises ImportError)
+        "from torchqrnn.bench.__main__ import main\n"
+        "sys.exit(main(['--quick', '--only', 'int8', '--only', 'long_sequence']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "skipped: quantize_int8 needs torchao" in done.stdout
+    assert "pip install torchqrnn[quantization]" in done.stdout
+    assert "Long sequence, training" in done.stdout  # (the other section ran)
